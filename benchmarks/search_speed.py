@@ -1,0 +1,317 @@
+"""Search speed and memory of BPR two-stage retrieval on synthetic structured codes.
+
+Usage::
+
+  python benchmarks/search_speed.py                  # N = 1M, 5M, 21M (long)
+  python benchmarks/search_speed.py --small          # N = 20k, 100k (quick check)
+  python benchmarks/search_speed.py --sizes=1M,2M --threads=2
+
+Data (768-bit codes with structure, not uniform random bits):
+  * 64 "topic" codes drawn uniformly;
+  * 16,384 cluster centre codes, each a topic code with every bit flipped with
+    probability 1/8 (AND of three random bytes as the flip mask);
+  * passage codes: a random centre with every bit flipped with probability
+    1/4 (AND of two random bytes), so same-cluster passages are ~288 bits
+    apart, same-topic ones ~336 and unrelated ones ~384;
+  * questions (continuous, float32): the +-1 centre vector of a random
+    cluster times 1.0 plus N(0, 1.2^2) noise per dimension (~20% sign flips).
+  Bucket sizes of hash indexes are therefore skewed, as with real codes.
+
+For every N (each in a fresh subprocess, so peak RSS is per N) it reports
+ms/query for a batch of --num_queries questions (one call) and for single
+questions, for two-stage search (k=100, l=1000) with flat, hash and multihash
+candidate generation; top-10 overlap of the hash kinds with flat; index bytes
+per passage (faiss index file + 8-byte ids, + the separate rerank codes for
+hash kinds); build time and peak RSS.  Float32 768-d faiss IndexFlatIP is
+timed at N <= --float_max_n (unpacked codes + noise as embeddings, BLAS
+threshold lowered to 1) and extrapolated linearly in N above that (marked
+``extrapolated``).  Results go to benchmarks/results/search_speed.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+D = 768
+N_TOPICS = 64
+N_CENTRES = 16384
+GEN_CHUNK = 1 << 20
+TARGET_MS_21M = 40.0
+TARGET_SPEEDUP = 30.0
+
+
+def parse_size(s: str) -> int:
+  s = s.strip().lower()
+  mult = {"k": 1_000, "m": 1_000_000}.get(s[-1:], 1)
+  return int(float(s[:-1] if s[-1:] in "km" else s) * mult)
+
+
+def fmt_size(n: int) -> str:
+  if n % 1_000_000 == 0:
+    return f"{n // 1_000_000}M"
+  if n % 1_000 == 0:
+    return f"{n // 1_000}k"
+  return str(n)
+
+
+def _args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--sizes", default="1M,5M,21M", help="Comma-separated N (k/M suffixes).")
+  p.add_argument("--small", action="store_true", help="Quick check: N = 20k,100k, 256 questions.")
+  p.add_argument("--kinds", default="flat,hash,multihash")
+  p.add_argument("--num_queries", type=int, default=1024)
+  p.add_argument("--num_single", type=int, default=50)
+  p.add_argument("--k", type=int, default=100)
+  p.add_argument("--l", type=int, default=1000)
+  p.add_argument("--float_max_n", default="1M", help="Largest N for the float IndexFlatIP run.")
+  p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
+  p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one N, print JSON
+  a = p.parse_args(argv)
+  if a.small:
+    a.sizes = "20k,100k" if a.sizes == "1M,5M,21M" else a.sizes
+    a.num_queries = min(a.num_queries, 256)
+    a.num_single = min(a.num_single, 20)
+    a.float_max_n = "100k" if a.float_max_n == "1M" else a.float_max_n
+  return a
+
+
+# ---------------------------------------------------------------------------
+# One size (runs in a subprocess).
+
+
+def _rss_mb() -> float:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_data(n: int, num_queries: int, seed: int):
+  """Structured packed codes [n, 96], continuous questions [B, 768], centre ids."""
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  nb = D // 8
+  topics = rng.integers(0, 256, (N_TOPICS, nb), dtype=np.uint8)
+  r = lambda *shape: rng.integers(0, 256, shape, dtype=np.uint8)  # noqa: E731
+  centres = topics[rng.integers(0, N_TOPICS, N_CENTRES)] ^ (r(N_CENTRES, nb) & r(N_CENTRES, nb)
+                                                            & r(N_CENTRES, nb))
+  codes = np.empty((n, nb), np.uint8)
+  for s in range(0, n, GEN_CHUNK):
+    m = min(GEN_CHUNK, n - s)
+    codes[s:s + m] = centres[rng.integers(0, N_CENTRES, m)] ^ (r(m, nb) & r(m, nb))
+  qc = rng.integers(0, N_CENTRES, num_queries)
+  signs = np.unpackbits(centres[qc], axis=1).astype(np.float32) * 2 - 1
+  q = signs + 1.2 * rng.standard_normal((num_queries, D), dtype=np.float32)
+  return codes, q.astype(np.float32), centres
+
+
+def _faiss_file_bytes(index, binary: bool) -> int:
+  import faiss
+
+  with tempfile.NamedTemporaryFile(dir=os.environ.get("TMPDIR", "/tmp"), suffix=".faiss") as f:
+    (faiss.write_index_binary if binary else faiss.write_index)(index, f.name)
+    return os.path.getsize(f.name)
+
+
+def _time_search(fn, q, num_single):
+  fn(q[:1])  # warm-up / compile
+  t0 = time.perf_counter()
+  out = fn(q)
+  batched = (time.perf_counter() - t0) * 1000 / len(q)
+  t0 = time.perf_counter()
+  for i in range(num_single):
+    fn(q[i:i + 1])
+  single = (time.perf_counter() - t0) * 1000 / max(num_single, 1)
+  return out, batched, single
+
+
+def run_one(a) -> dict:
+  import faiss
+  import numpy as np
+
+  sys.path.insert(0, str(ROOT))
+  from bpr_jax.index import BinaryIndex
+  from bpr_jax.search import two_stage_search
+
+  faiss.omp_set_num_threads(a.threads)
+  n = parse_size(a.one)
+  res = {"n": n, "bits": D, "num_queries": a.num_queries, "num_single": a.num_single, "k": a.k,
+         "l": a.l, "threads": a.threads, "rows": []}
+  t0 = time.perf_counter()
+  codes, q, _ = make_data(n, a.num_queries, a.seed)
+  res["gen_s"] = round(time.perf_counter() - t0, 2)
+  ids_bytes = 8 * n
+  flat_top10 = None
+  for kind in a.kinds.split(","):
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    index = BinaryIndex.from_arrays(codes, np.arange(n), kind=kind)
+    build_s = time.perf_counter() - t0
+    rss_delta = _rss_mb() - rss0
+    faiss_bytes = _faiss_file_bytes(index.index, True)
+    rerank_bytes = 0 if kind == "flat" else codes.nbytes
+    fn = lambda x, index=index: two_stage_search(x, index, k=a.k, l=a.l)  # noqa: E731
+    (scores, rows), ms_b, ms_s = _time_search(fn, q, a.num_single)
+    # Stage 1 alone, batched.
+    t1 = time.perf_counter()
+    from bpr_jax.codes import pack_codes
+    index.index.search(pack_codes(q), min(a.l, n))
+    stage1 = (time.perf_counter() - t1) * 1000 / len(q)
+    top10 = rows[:, :10]
+    row = {"name": f"bpr-{kind}", "ms_per_query": round(ms_b, 3),
+           "ms_per_query_single": round(ms_s, 3), "stage1_ms_per_query": round(stage1, 3),
+           "build_s": round(build_s, 2), "build_rss_delta_mb": round(rss_delta, 1),
+           "faiss_bytes_per_passage": round(faiss_bytes / n, 2),
+           "index_bytes_per_passage": round((faiss_bytes + ids_bytes + rerank_bytes) / n, 2),
+           "found_k_fraction": round(float((rows >= 0).mean()), 4)}
+    for key in ("hash_bits", "nflip", "nhash"):
+      if key in index.meta:
+        row[key] = index.meta[key]
+    if kind == "flat":
+      flat_top10 = top10
+    elif flat_top10 is not None:
+      row["top10_overlap_vs_flat"] = round(float(np.mean(
+          [len(set(x) & set(y)) / 10 for x, y in zip(top10.tolist(), flat_top10.tolist())])), 4)
+    res["rows"].append(row)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    del index, fn, scores, rows
+  fmax = parse_size(a.float_max_n)
+  if n <= fmax:
+    from bpr_jax.codes import unpack_codes
+    rng = np.random.default_rng(a.seed + 1)
+    fl = faiss.IndexFlatIP(D)
+    for s in range(0, n, GEN_CHUNK):
+      block = unpack_codes(codes[s:s + GEN_CHUNK])
+      block += 0.5 * rng.standard_normal(block.shape, dtype=np.float32)
+      fl.add(block)
+      del block
+    faiss.cvar.distance_compute_blas_threshold = 1
+    fn = lambda x: fl.search(x, a.k)  # noqa: E731
+    _, ms_b, ms_s = _time_search(fn, q, min(a.num_single, 20))
+    row = {"name": "float-flat-ip", "ms_per_query": round(ms_b, 3),
+           "ms_per_query_single": round(ms_s, 3),
+           "index_bytes_per_passage": round((4 * D * n + ids_bytes) / n, 2), "extrapolated": False}
+    res["rows"].append(row)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+  res["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+  return res
+
+
+# ---------------------------------------------------------------------------
+# Driver.
+
+
+def summarize(results: list[dict], float_max_n: int) -> list[dict]:
+  """Adds extrapolated float rows and speed-ups against float flat."""
+  measured = [r for r in results if any(x["name"] == "float-flat-ip" for x in r["rows"])]
+  ref = max(measured, key=lambda r: r["n"]) if measured else None
+  ref_row = None
+  if ref is not None:
+    ref_row = next(x for x in ref["rows"] if x["name"] == "float-flat-ip")
+  for r in results:
+    fl = next((x for x in r["rows"] if x["name"] == "float-flat-ip"), None)
+    if fl is None and ref_row is not None:
+      scale = r["n"] / ref["n"]
+      fl = {"name": "float-flat-ip", "ms_per_query": round(ref_row["ms_per_query"] * scale, 3),
+            "ms_per_query_single": round(ref_row["ms_per_query_single"] * scale, 3),
+            "index_bytes_per_passage": ref_row["index_bytes_per_passage"],
+            "extrapolated": True, "extrapolated_from_n": ref["n"]}
+      r["rows"].append(fl)
+    if fl is not None:
+      for x in r["rows"]:
+        if x["name"].startswith("bpr-"):
+          x["speedup_vs_float_flat"] = round(fl["ms_per_query"] / x["ms_per_query"], 1)
+          x["speedup_vs_float_flat_single"] = round(
+              fl["ms_per_query_single"] / x["ms_per_query_single"], 1)
+  del float_max_n
+  return results
+
+
+def markdown(results: list[dict], args) -> str:
+  cols = ["N", "system", "ms/q batch", "ms/q single", "stage-1 ms/q", "speed-up vs float (batch)",
+          "bytes/passage", "top-10 overlap vs flat", "found k", "build s", "peak RSS MB"]
+  lines = [f"Synthetic structured 768-bit codes, {args.num_queries} questions per batch, "
+           f"{args.num_single} single questions, k={args.k}, l={args.l}, {args.threads} threads. "
+           "Float flat IP rows marked * are extrapolated linearly in N.", "",
+           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in results:
+    for x in r["rows"]:
+      name = x["name"] + (" *" if x.get("extrapolated") else "")
+      extra = ""
+      if "hash_bits" in x:
+        extra = f" (b={x['hash_bits']}, nflip={x['nflip']}" + (
+            f", nhash={x['nhash']})" if "nhash" in x else ")")
+      lines.append("| " + " | ".join(str(v) for v in [
+          fmt_size(r["n"]), name + extra, x["ms_per_query"], x["ms_per_query_single"],
+          x.get("stage1_ms_per_query", ""), x.get("speedup_vs_float_flat", ""),
+          x["index_bytes_per_passage"], x.get("top10_overlap_vs_flat", ""),
+          x.get("found_k_fraction", ""), x.get("build_s", ""), r["peak_rss_mb"]]) + " |")
+  big = max(results, key=lambda r: r["n"])
+  best = min((x for x in big["rows"] if x["name"].startswith("bpr-")),
+             key=lambda x: x["ms_per_query"])
+  flat = next((x for x in big["rows"] if x["name"] == "bpr-flat"), None)
+  lines += ["", f"Targets at N={fmt_size(big['n'])}:",
+            f"- two-stage <= {TARGET_MS_21M} ms/query batched: best {best['name']} "
+            f"{best['ms_per_query']} ms -> {'met' if best['ms_per_query'] <= TARGET_MS_21M else 'NOT met'}"
+            + (f"; bpr-flat {flat['ms_per_query']} ms" if flat else "")]
+  if "speedup_vs_float_flat" in best:
+    lines.append(f"- >= {TARGET_SPEEDUP:.0f}x faster than float flat: {best['name']} "
+                 f"{best['speedup_vs_float_flat']}x -> "
+                 f"{'met' if best['speedup_vs_float_flat'] >= TARGET_SPEEDUP else 'NOT met'}"
+                 + (f"; bpr-flat {flat.get('speedup_vs_float_flat')}x" if flat else ""))
+  if flat:
+    lines.append(f"- flat index memory within 5% of 96 + 8 B/passage: "
+                 f"{flat['index_bytes_per_passage']} B -> "
+                 f"{'met' if abs(flat['index_bytes_per_passage'] - 104) <= 0.05 * 104 else 'NOT met'}")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+  a = _args(argv)
+  if a.one is not None:
+    print(json.dumps(run_one(a)))
+    return
+  env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
+             JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
+  results = []
+  for size in a.sizes.split(","):
+    cmd = [sys.executable, __file__, "--one", size] + [
+        f"--{k}={v}" for k, v in (("kinds", a.kinds), ("num_queries", a.num_queries),
+                                  ("num_single", a.num_single), ("k", a.k), ("l", a.l),
+                                  ("float_max_n", a.float_max_n), ("threads", a.threads),
+                                  ("seed", a.seed))]
+    print(f"== N={size}", flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, text=True, check=False)
+    if proc.returncode != 0:
+      raise SystemExit(f"error: N={size} failed with exit code {proc.returncode}")
+    results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"   done in {time.time() - t0:.0f}s", flush=True)
+  results = summarize(results, parse_size(a.float_max_n))
+  out = pathlib.Path(a.output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  name = "search_speed_small" if a.small else "search_speed"
+  md = markdown(results, a)
+  for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", md)):
+    tmp = out / f".{name}{suffix}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / f"{name}{suffix}")
+  print(md)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,74 @@
+"""Orbax checkpoints of the train state plus the input pipeline's position.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data}. Orbax writes each step to a temporary
+directory and renames it when complete, so a killed job never leaves a checkpoint that looks
+finished; `max_to_keep` keeps the last K.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves every `save_every` steps (and on demand), keeps the last `keep`."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, save_every: int = 1000, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return self.save_every > 0 and step % self.save_every == 0
+
+  def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
+    """Saves state and the pipeline position (a JSON dict) at `step`."""
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+        force=force)
+
+  def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores `step` (default: latest) onto the shardings of `abstract_state`.
+
+    `abstract_state` is a pytree of jax.ShapeDtypeStruct with `.sharding` set.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["data"])
+
+  def restore_params(self, step: int | None, abstract_params: Any) -> Any:
+    """Restores only the parameters (for export), without optimizer state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": abstract_params},
+            restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, dtype=s.dtype),
+                                      {"params": abstract_params}),
+            partial_restore=True)))
+    return restored["state"]["params"]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

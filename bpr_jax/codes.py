@@ -1,0 +1,81 @@
+"""Binary passage codes: sign hashing and bit packing.
+
+BPR represents a passage by h = sign(e), with sign(0) = +1, where e is the
+passage encoder's d-dimensional output.  Codes are stored packed, 8 bits per
+byte, using ``np.packbits(e >= 0, bitorder="big")``:
+
+  bit j of a passage (j = 0 .. d-1) is byte ``j // 8``, bit ``7 - (j % 8)``
+  (the most significant bit of byte 0 is dimension 0).
+
+A set bit means +1 and a clear bit means -1.  At d = 768 this is 96 bytes per
+passage.  This is the layout faiss binary indexes expect (they only require
+that question and passage codes use the same layout, since Hamming distance is
+a popcount of XOR).  For the JAX Hamming kernel the bytes are regrouped into
+uint32 words with ``codes_to_uint32``; the word byte order does not matter for
+popcount as long as questions and passages use the same conversion.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_2d(x: np.ndarray, name: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be 2-D [N, d], got shape {x.shape}")
+  return x
+
+
+def binarize(x: np.ndarray) -> np.ndarray:
+  """Returns sign(x) as float32 +-1, with sign(0) = +1."""
+  x = np.asarray(x)
+  return np.where(x >= 0, np.float32(1.0), np.float32(-1.0)).astype(np.float32)
+
+
+def pack_codes(emb: np.ndarray) -> np.ndarray:
+  """Packs the signs of embeddings [N, d] into uint8 codes [N, d/8].
+
+  ``d`` must be a multiple of 8.  NaN compares false with ``>= 0`` and becomes
+  -1, so callers should reject NaN embeddings beforehand if that matters.
+  """
+  emb = _check_2d(emb, "embeddings")
+  d = emb.shape[1]
+  if d % 8:
+    raise ValueError(f"code dimension must be a multiple of 8, got {d}")
+  return np.packbits(emb >= 0, axis=1, bitorder="big")
+
+
+def unpack_codes(codes: np.ndarray, d: int | None = None) -> np.ndarray:
+  """Unpacks uint8 codes [N, d/8] into float32 +-1 vectors [N, d].
+
+  ``d`` defaults to ``8 * codes.shape[1]``; a smaller ``d`` drops the trailing
+  bits (it must then still lie inside the last byte).
+  """
+  codes = _check_2d(codes, "codes")
+  if codes.dtype != np.uint8:
+    raise ValueError(f"codes must be uint8, got {codes.dtype}")
+  nbits = 8 * codes.shape[1]
+  if d is None:
+    d = nbits
+  if not nbits - 8 < d <= nbits:
+    raise ValueError(f"d={d} does not match codes of {codes.shape[1]} bytes")
+  bits = np.unpackbits(codes, axis=1, count=d, bitorder="big")
+  # 2 * bit - 1 without going through int arithmetic on a huge array.
+  out = bits.astype(np.float32)
+  out *= 2.0
+  out -= 1.0
+  return out
+
+
+def codes_to_uint32(codes: np.ndarray) -> np.ndarray:
+  """Regroups uint8 codes [N, d/8] into uint32 words [N, d/32].
+
+  Requires ``d`` to be a multiple of 32.  Words are read in little-endian byte
+  order (a plain ``view``); any fixed order works for Hamming distance.
+  """
+  codes = _check_2d(codes, "codes")
+  if codes.dtype != np.uint8:
+    raise ValueError(f"codes must be uint8, got {codes.dtype}")
+  if codes.shape[1] % 4:
+    raise ValueError(f"code bits must be a multiple of 32, got {8 * codes.shape[1]}")
+  return np.ascontiguousarray(codes).view("<u4").reshape(codes.shape[0], -1)

@@ -1,0 +1,472 @@
+"""Encodes a passage collection into binary codes with an exported BPR model.
+
+Usage::
+
+  python -m bpr_jax.encode --model=E --passages=psgs_w100.tsv --output=C \
+      [--batch_size=512 --chunk_size=100000 --num_shards=N --shard_index=S --save_float]
+
+Pipeline: a background thread reads passages (``bpr_jax.data.passages``) and
+tokenises batches into a bounded queue while the jitted passage encoder runs
+on every local device (the batch is split over a 1-D ``data`` mesh with a
+``NamedSharding``; parameters are replicated).  One batch stays in flight so
+the host packs codes while the devices compute the next one.
+
+Output (``C`` for one shard, ``C/shard_{s:05d}`` for shard s of many)::
+
+  chunks/chunk_00000.npz ...   codes, ids (+ embeddings) per --chunk_size
+                               passages, each written to a temp name and
+                               renamed; a rerun skips finished chunks
+  codes.npy                    uint8 [N, code_bits/8] (``bpr_jax.codes`` layout)
+  ids.npy                      int64 when all ids are integers, else unicode
+  embeddings.npy               float32 [N, d] with --save_float
+  manifest.json                counts, dims, code_bits, sha256 of each file,
+                               model path, passage file, shard range; written
+                               last, so it marks a finished shard
+
+Shard s of n takes the contiguous passage range
+``[total * s // n, total * (s + 1) // n)``; ``bpr_jax.index`` unions the
+shards of ``C`` in shard order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import queue
+import shutil
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from bpr_jax.codes import pack_codes
+from bpr_jax.index import (CODES_FORMAT, atomic_write_json, concat_ids, file_record,
+                           normalize_ids)
+
+CHUNK_DIR = "chunks"
+RUN_FILE = "run.json"
+
+
+def shard_range(total: int, num_shards: int, shard_index: int) -> tuple[int, int]:
+  """The contiguous passage range [start, end) of one shard."""
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+  return total * shard_index // num_shards, total * (shard_index + 1) // num_shards
+
+
+def shard_output_dir(output: str | os.PathLike, num_shards: int, shard_index: int) -> pathlib.Path:
+  """``output`` itself for a single shard, else ``output/shard_{s:05d}``."""
+  out = pathlib.Path(output)
+  return out if num_shards == 1 else out / f"shard_{shard_index:05d}"
+
+
+def chunk_path(out_dir: pathlib.Path, i: int) -> pathlib.Path:
+  return out_dir / CHUNK_DIR / f"chunk_{i:05d}.npz"
+
+
+def _atomic_savez(path: pathlib.Path, **arrays: np.ndarray) -> None:
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _chunk_ok(path: pathlib.Path, rows: int, save_float: bool) -> bool:
+  """True when a chunk file exists, loads and holds ``rows`` passages."""
+  if not path.exists():
+    return False
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      ok = z["codes"].shape[0] == rows and z["ids"].shape[0] == rows
+      if save_float:
+        ok = ok and "embeddings" in z and z["embeddings"].shape[0] == rows
+      return bool(ok)
+  except Exception:  # pylint: disable=broad-except  # a torn or foreign file: redo it
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Device side.
+
+
+def make_sharded_encoder(encoder: Any, batch_size: int):
+  """A jitted passage forward pass with the batch split over local devices.
+
+  Returns ``(fn, padded_batch)``: ``fn(batch_dict)`` takes int32 [padded_batch, L]
+  arrays and returns a device array [padded_batch, d]; ``padded_batch`` is
+  ``batch_size`` rounded up to a multiple of the local device count.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax.parallel import DATA_AXIS, make_mesh  # pylint: disable=import-outside-toplevel
+
+  devices = jax.local_devices()
+  mesh = make_mesh(devices)
+  n_dev = len(devices)
+  padded = -(-batch_size // n_dev) * n_dev
+  data = NamedSharding(mesh, P(DATA_AXIS))
+  repl = NamedSharding(mesh, P())
+  graphdef, params = nnx.split(encoder)
+  params = jax.device_put(params, repl)
+
+  @jax.jit
+  def forward(params, input_ids, attention_mask, token_type_ids):
+    model = nnx.merge(graphdef, params)
+    return model(input_ids, attention_mask, token_type_ids, deterministic=True)
+
+  def fn(batch: dict[str, np.ndarray]):
+    args = [jax.device_put(batch[k], data)
+            for k in ("input_ids", "attention_mask", "token_type_ids")]
+    return forward(params, *args)
+
+  return fn, padded
+
+
+# ---------------------------------------------------------------------------
+# Host side.
+
+
+@dataclasses.dataclass
+class _Batch:
+  chunk: int
+  ids: list[str]
+  tokens: dict[str, np.ndarray]
+
+
+_DONE = object()
+
+
+def _producer(passages_path: str, todo: list[tuple[int, int, int]], tokenizer: Any,
+              max_length: int, batch_size: int, out: "queue.Queue[Any]",
+              stop: threading.Event) -> None:
+  """Reads and tokenises the passages of the chunks in ``todo`` into ``out``.
+
+  ``todo`` lists (chunk index, first row, end row) in increasing order, rows
+  relative to the start of the file; passages of other chunks are skipped.
+  """
+  from bpr_jax.data.passages import iter_passages  # pylint: disable=import-outside-toplevel
+
+  def put(item: Any) -> bool:
+    while not stop.is_set():
+      try:
+        out.put(item, timeout=0.5)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  try:
+    if not todo:
+      put(_DONE)
+      return
+    it = iter_passages(passages_path, start=todo[0][1])
+    row = todo[0][1]
+    for ci, lo, hi in todo:
+      while row < lo:  # skip a finished chunk between unfinished ones
+        next(it)
+        row += 1
+      for s in range(lo, hi, batch_size):
+        e = min(hi, s + batch_size)
+        group = []
+        for _ in range(e - s):
+          try:
+            group.append(next(it))
+          except StopIteration:
+            raise ValueError(
+                f"{passages_path} ended at passage {row} but {hi} were expected; "
+                "did the file change during encoding?") from None
+          row += 1
+        tokens = tokenizer.passages([p.title for p in group], [p.text for p in group], max_length)
+        if not put(_Batch(ci, [p.id for p in group], tokens)):
+          return
+    put(_DONE)
+  except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
+    put(e)
+
+
+def _pad_tokens(tokens: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  n = tokens["input_ids"].shape[0]
+  if n == size:
+    return tokens
+  return {k: np.pad(v, ((0, size - n), (0, 0))) for k, v in tokens.items()}
+
+
+def _run_config(model_path: str, passages: str, total: int, start: int, end: int,
+                chunk_size: int, save_float: bool, code_bits: int) -> dict[str, Any]:
+  return {"model": model_path, "passages": passages, "passages_total": total, "start": start,
+          "end": end, "chunk_size": chunk_size, "save_float": save_float, "code_bits": code_bits}
+
+
+def _finalize(out_dir: pathlib.Path, nchunks: int, nrows: int, code_bytes: int, emb_dim: int,
+              save_float: bool) -> dict[str, dict[str, Any]]:
+  """Concatenates chunk files into codes.npy / ids.npy / embeddings.npy (streamed)."""
+  names = ["codes.npy", "ids.npy"] + (["embeddings.npy"] if save_float else [])
+  tmps = {n: out_dir / f".{n}.{os.getpid()}.tmp" for n in names}
+  try:
+    codes = np.lib.format.open_memmap(tmps["codes.npy"], mode="w+", dtype=np.uint8,
+                                      shape=(nrows, code_bytes))
+    emb = None
+    if save_float:
+      emb = np.lib.format.open_memmap(tmps["embeddings.npy"], mode="w+", dtype=np.float32,
+                                      shape=(nrows, emb_dim))
+    id_parts = []
+    row = 0
+    for i in range(nchunks):
+      with np.load(chunk_path(out_dir, i), allow_pickle=False) as z:
+        c = z["codes"]
+        codes[row:row + len(c)] = c
+        if emb is not None:
+          emb[row:row + len(c)] = z["embeddings"]
+        id_parts.append(normalize_ids(z["ids"]))
+        row += len(c)
+    if row != nrows:
+      raise ValueError(f"chunks hold {row} passages, expected {nrows}")
+    codes.flush()
+    del codes
+    if emb is not None:
+      emb.flush()
+      del emb
+    with open(tmps["ids.npy"], "wb") as f:
+      np.save(f, concat_ids(id_parts), allow_pickle=False)
+    for n in names:
+      with open(tmps[n], "rb+") as f:
+        os.fsync(f.fileno())
+      os.replace(tmps[n], out_dir / n)
+  finally:
+    for t in tmps.values():
+      t.unlink(missing_ok=True)
+  return {n: file_record(out_dir / n) for n in names}
+
+
+def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.PathLike, *,
+                  model_path: str | os.PathLike | None = None, batch_size: int = 512,
+                  chunk_size: int = 100_000, num_shards: int = 1, shard_index: int = 0,
+                  save_float: bool = False, keep_chunks: bool = False, progress: bool = True,
+                  stop_after_chunks: int | None = None) -> dict[str, Any] | None:
+  """Encodes one shard of a passage file; returns its manifest.
+
+  Args:
+    model: an ``ExportedModel`` (uses ``passage_encoder``, ``tokenizer`` and
+      ``settings["passage_max_length"]``).
+    passages: DPR TSV or BEIR corpus.jsonl.
+    output: the output folder (shard folders are made inside when num_shards > 1).
+    model_path: recorded in the manifest.
+    batch_size: passages per device step (rounded up to the device count).
+    chunk_size: passages per chunk file (the unit of resumption).
+    num_shards, shard_index: which contiguous part of the file to encode.
+    save_float: also keep float32 embeddings (for float baselines).
+    keep_chunks: keep ``chunks/`` after the final files are written.
+    progress: show a tqdm bar.
+    stop_after_chunks: stop (as if killed) after writing this many chunks in
+      this call; returns None.  For tests.
+
+  Returns:
+    The manifest dict, or None when stopped early.
+  """
+  from bpr_jax.data.passages import count_passages  # pylint: disable=import-outside-toplevel
+
+  if batch_size < 1 or chunk_size < 1:
+    raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}")
+  passages = str(pathlib.Path(passages).resolve())
+  if not os.path.isfile(passages):
+    raise FileNotFoundError(f"passage file not found: {passages}")
+  model_path = str(pathlib.Path(model_path).resolve()) if model_path is not None else None
+  out_dir = shard_output_dir(output, num_shards, shard_index)
+  total = count_passages(passages)
+  start, end = shard_range(total, num_shards, shard_index)
+  nrows = end - start
+  encoder = model.passage_encoder
+  emb_dim = int(encoder.config.hidden_size)
+  if emb_dim % 8:
+    raise ValueError(f"passage embedding dim {emb_dim} is not a multiple of 8; cannot pack codes")
+  code_bits = emb_dim
+  run = _run_config(model_path or "", passages, total, start, end, chunk_size, save_float,
+                    code_bits)
+
+  manifest_file = out_dir / "manifest.json"
+  if manifest_file.exists():
+    with open(manifest_file, encoding="utf-8") as f:
+      done = json.load(f)
+    if done.get("run") == run:
+      if progress:
+        print(f"{out_dir}: already encoded ({done['num_passages']} passages)")
+      return done
+    raise ValueError(f"{out_dir} already holds a finished encoding of a different run; "
+                     "use a fresh --output")
+  (out_dir / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
+  run_file = out_dir / CHUNK_DIR / RUN_FILE
+  if run_file.exists():
+    with open(run_file, encoding="utf-8") as f:
+      prev = json.load(f)
+    if prev != run:
+      changed = sorted(k for k in run if prev.get(k) != run[k])
+      raise ValueError(f"{out_dir} holds chunks of a different run (changed: {', '.join(changed)}); "
+                       "use a fresh --output or the same settings")
+  else:
+    atomic_write_json(run_file, run)
+
+  nchunks = -(-nrows // chunk_size)
+  bounds = [(i, start + i * chunk_size, min(end, start + (i + 1) * chunk_size))
+            for i in range(nchunks)]
+  todo = [b for b in bounds if not _chunk_ok(chunk_path(out_dir, b[0]), b[2] - b[1], save_float)]
+  done_rows = nrows - sum(hi - lo for _, lo, hi in todo)
+
+  t0 = time.time()
+  written = 0
+  if todo:
+    fn, padded = make_sharded_encoder(encoder, batch_size)
+    max_length = int(model.settings["passage_max_length"])
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=8)
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=_producer, name="bpr-encode-reader", daemon=True,
+        args=(passages, todo, model.tokenizer, max_length, padded, q, stop))
+    worker.start()
+    bar = None
+    if progress:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      bar = tqdm(total=nrows, initial=done_rows, unit="psg", unit_scale=True, smoothing=0.05,
+                 desc=f"encode shard {shard_index}/{num_shards}")
+    sizes = {ci: hi - lo for ci, lo, hi in todo}
+    acc: dict[int, tuple[list[np.ndarray], list[str]]] = {}
+
+    def consume(item: tuple[int, list[str], Any]) -> bool:
+      """Adds one finished batch; writes its chunk when full. False to stop."""
+      nonlocal written
+      ci, ids, dev_out = item
+      emb = np.asarray(dev_out, dtype=np.float32)[:len(ids)]
+      if not np.isfinite(emb).all():
+        raise ValueError(f"non-finite passage embeddings in chunk {ci} (ids {ids[:3]}...)")
+      embs, all_ids = acc.setdefault(ci, ([], []))
+      embs.append(emb)
+      all_ids.extend(ids)
+      if bar is not None:
+        bar.update(len(ids))
+      if len(all_ids) == sizes[ci]:
+        full = np.concatenate(embs)
+        arrays = {"codes": pack_codes(full), "ids": np.asarray(all_ids, dtype=str)}
+        if save_float:
+          arrays["embeddings"] = full
+        _atomic_savez(chunk_path(out_dir, ci), **arrays)
+        del acc[ci]
+        written += 1
+        if stop_after_chunks is not None and written >= stop_after_chunks:
+          return False
+      return True
+
+    pending = None
+    stopped = False
+    try:
+      while True:
+        item = q.get()
+        if isinstance(item, BaseException):
+          raise item
+        if item is _DONE:
+          break
+        out = fn(_pad_tokens(item.tokens, padded))  # dispatched asynchronously
+        if pending is not None and not consume(pending):
+          stopped = True
+          break
+        pending = (item.chunk, item.ids, out)
+      if not stopped and pending is not None and not consume(pending):
+        stopped = True
+    finally:
+      stop.set()
+      if bar is not None:
+        bar.close()
+      worker.join(timeout=5)
+    if stopped:
+      return None
+    if acc:
+      raise ValueError(f"chunks {sorted(acc)} were left incomplete")
+
+  elapsed = time.time() - t0
+  files = _finalize(out_dir, nchunks, nrows, code_bits // 8, emb_dim, save_float)
+  manifest = {
+      "format": CODES_FORMAT,
+      "num_passages": nrows,
+      "code_bits": code_bits,
+      "code_bytes": code_bits // 8,
+      "embedding_dim": emb_dim,
+      "has_embeddings": save_float,
+      "model": model_path,
+      "model_settings": dict(model.settings),
+      "passages": passages,
+      "passages_total": total,
+      "num_shards": num_shards,
+      "shard_index": shard_index,
+      "start": start,
+      "end": end,
+      "files": files,
+      "encode_seconds": round(elapsed, 3),
+      "passages_per_second": round((nrows - done_rows) / elapsed, 2) if elapsed > 0 else None,
+      "run": run,
+  }
+  atomic_write_json(manifest_file, manifest)
+  if not keep_chunks:
+    shutil.rmtree(out_dir / CHUNK_DIR, ignore_errors=True)
+  return manifest
+
+
+# ---------------------------------------------------------------------------
+# Command.
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  flags.DEFINE_string("model", None, "Exported model folder (bpr_jax.export).")
+  flags.DEFINE_string("passages", None, "DPR psgs_w100.tsv or BEIR corpus.jsonl.")
+  flags.DEFINE_string("output", None, "Output folder for codes.")
+  flags.DEFINE_integer("batch_size", 512, "Passages per device step (all local devices).")
+  flags.DEFINE_integer("chunk_size", 100_000, "Passages per resumable chunk file.")
+  flags.DEFINE_integer("num_shards", None, "Number of shards (default: jax.process_count()).")
+  flags.DEFINE_integer("shard_index", None, "This shard (default: jax.process_index()).")
+  flags.DEFINE_boolean("save_float", False, "Also save float32 embeddings.")
+  flags.DEFINE_boolean("keep_chunks", False, "Keep chunk files after finishing.")
+  flags.mark_flags_as_required(["model", "passages", "output"])
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax.data.examples import DataError  # pylint: disable=import-outside-toplevel
+  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  num_shards = jax.process_count() if f.num_shards is None else f.num_shards
+  shard_index = jax.process_index() if f.shard_index is None else f.shard_index
+  try:
+    if not os.path.isfile(f.passages):
+      raise FileNotFoundError(f"passage file not found: {f.passages}")
+    model = load_exported(f.model)
+    m = encode_corpus(model, f.passages, f.output, model_path=f.model, batch_size=f.batch_size,
+                      chunk_size=f.chunk_size, num_shards=num_shards, shard_index=shard_index,
+                      save_float=f.save_float, keep_chunks=f.keep_chunks)
+  except (ValueError, FileNotFoundError, DataError) as e:
+    raise SystemExit(f"error: {e}") from None
+  assert m is not None
+  print(f"encoded {m['num_passages']} passages x {m['code_bits']} bits "
+        f"(shard {shard_index}/{num_shards}) into {shard_output_dir(f.output, num_shards, shard_index)}"
+        f" at {m['passages_per_second']} passages/s")
+
+
+if __name__ == "__main__":
+  from absl import app as _app
+
+  _define_flags()
+  _app.run(main)

@@ -1,0 +1,424 @@
+"""Retrieval evaluation: BPR two-stage search, its ablations and float baselines.
+
+Usage::
+
+  python -m bpr_jax.evaluate --model=E --index=I --passages=P \
+      (--qa=nq-test.csv | --beir_dir=DIR --split=test) --output=R.json \
+      [--k=1,5,20,100 --l=1000 --baselines=flat_ip,hnsw,lsh,pq --embeddings=EMB.npy]
+
+Rows (one JSON object each, also printed as a Markdown table):
+
+  bpr-KIND                 two-stage search (KIND = flat | hash | multihash)
+  bpr-KIND-no-rerank       stage 1 only (Hamming order)
+  bpr-KIND-no-candidates   stage 2 over every passage
+  flat_ip, hnsw, lsh, pq   float baselines over the float32 passage embeddings
+                           (``encode --save_float``): exact inner product
+                           (IndexFlatIP), HNSW (IndexHNSWFlat, M=32,
+                           efSearch=128), post-hoc LSH with the same number of
+                           bits (IndexLSH, random rotation) and PQ with the
+                           same bytes (IndexPQ, M = bytes, 8 bits/code)
+
+Each row has ``recall@k`` for every k (answer recall / top-k accuracy on QA
+data, qrels recall on BEIR), ``ndcg@10`` and ``mrr@10`` (BEIR only),
+``bytes_per_passage``, ``index_bytes``, ``ms_per_query`` (whole question set
+in one batch, search only) and ``ms_per_query_single`` (one question at a
+time, first ``--num_single`` questions).  Question encoding is not timed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from bpr_jax import metrics
+from bpr_jax.index import BinaryIndex, atomic_write_text, load_npy
+from bpr_jax.search import two_stage_search
+
+BASELINES = ("flat_ip", "hnsw", "lsh", "pq")
+HNSW_M = 32
+HNSW_EF_SEARCH = 128
+
+SearchFn = Callable[[np.ndarray, int], np.ndarray]  # (q_emb [B, d], k) -> rows [B, k]
+
+
+@dataclasses.dataclass
+class Questions:
+  """Evaluation questions with their gold data (answers or qrels)."""
+
+  texts: list[str]
+  answers: list[list[str]] | None = None
+  qids: list[str] | None = None
+  qrels: dict[str, dict[str, int]] | None = None
+
+
+def load_qa(path: str | os.PathLike, max_questions: int | None = None) -> Questions:
+  """DPR qas file (``question<TAB>['answer', ...]``)."""
+  from bpr_jax.data.dpr import iter_qas  # pylint: disable=import-outside-toplevel
+
+  texts, answers = [], []
+  for _, question, ans in iter_qas(path):
+    texts.append(question)
+    answers.append(ans)
+    if max_questions is not None and len(texts) >= max_questions:
+      break
+  if not texts:
+    raise ValueError(f"{path}: no questions")
+  return Questions(texts=texts, answers=answers)
+
+
+def load_beir(beir_dir: str | os.PathLike, split: str, corpus_ids: Sequence[str],
+              max_questions: int | None = None) -> Questions:
+  """BEIR queries that have qrels in ``split``, in qrels order."""
+  from bpr_jax.data.beir import load_qrels, load_queries  # pylint: disable=import-outside-toplevel
+
+  queries = load_queries(beir_dir)
+  qrels = load_qrels(beir_dir, split, corpus_ids=corpus_ids, query_ids=queries)
+  qids = [q for q in qrels if any(g > 0 for g in qrels[q].values())]
+  if max_questions is not None:
+    qids = qids[:max_questions]
+  if not qids:
+    raise ValueError(f"{beir_dir}: no queries with relevant documents in split {split!r}")
+  for q in qids:
+    if not queries[q].strip():
+      raise ValueError(f"{beir_dir}: query {q!r} is empty")
+  return Questions(texts=[queries[q] for q in qids], qids=qids,
+                   qrels={q: qrels[q] for q in qids})
+
+
+# ---------------------------------------------------------------------------
+# Scoring retrieved rows.
+
+
+class Scorer:
+  """Turns retrieved index rows [B, K] into metric values.
+
+  QA mode checks answers in passage texts (cached per (question, row), so the
+  rows of several systems share the work); BEIR mode maps rows to ids and
+  uses the qrels.
+  """
+
+  def __init__(self, questions: Questions, ids: np.ndarray, ks: Sequence[int],
+               passage_text: Callable[[Sequence[int]], list[str]] | None = None,
+               match: str = "string"):
+    self.q = questions
+    self.ids = ids
+    self.ks = sorted(set(int(k) for k in ks))
+    self.passage_text = passage_text
+    self.match = match
+    self._cache: dict[tuple[int, int], bool] = {}
+    if questions.answers is not None and passage_text is None:
+      raise ValueError("QA evaluation needs --passages to read passage texts")
+
+  @property
+  def max_k(self) -> int:
+    return max(self.ks + ([10] if self.q.qrels is not None else []))
+
+  def __call__(self, rows: np.ndarray) -> dict[str, float]:
+    if self.q.answers is not None:
+      return self._qa(rows)
+    return self._beir(rows)
+
+  def _qa(self, rows: np.ndarray) -> dict[str, float]:
+    need = sorted({(i, int(r)) for i, rr in enumerate(rows.tolist()) for r in rr
+                   if r >= 0 and (i, int(r)) not in self._cache})
+    if need:
+      texts = self.passage_text([r for _, r in need])
+      for (i, r), text in zip(need, texts):
+        self._cache[(i, r)] = metrics.has_answer(self.q.answers[i], text, self.match)
+    hits = [[r >= 0 and self._cache[(i, int(r))] for r in rr] for i, rr in enumerate(rows.tolist())]
+    rec = metrics.answer_recall_at_k(hits, self.ks)
+    return {f"recall@{k}": v for k, v in rec.items()}
+
+  def _beir(self, rows: np.ndarray) -> dict[str, float]:
+    run = {qid: [str(self.ids[r]) for r in rr if r >= 0]
+           for qid, rr in zip(self.q.qids, rows.tolist())}
+    out = {f"recall@{k}": metrics.recall_at_k(self.q.qrels, run, k) for k in self.ks}
+    out["ndcg@10"] = metrics.ndcg_at_k(self.q.qrels, run, 10)
+    out["mrr@10"] = metrics.mrr_at_k(self.q.qrels, run, 10)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Systems.
+
+
+@dataclasses.dataclass
+class System:
+  """One evaluated retrieval system."""
+
+  name: str
+  search: SearchFn
+  bytes_per_passage: float
+  index_bytes: int
+
+
+def bpr_systems(index: BinaryIndex, l: int) -> list[System]:
+  """The binary index two-stage search and its two ablations."""
+  base = f"bpr-{index.kind}"
+  bpp = index.bytes_per_passage
+  mem = index.memory_bytes()
+
+  def make(rerank: bool, candidates: bool) -> SearchFn:
+    return lambda q, k: two_stage_search(q, index, k=k, l=l, rerank=rerank,
+                                         candidates=candidates)[1]
+
+  return [
+      System(base, make(True, True), bpp, mem),
+      System(f"{base}-no-rerank", make(False, True), bpp, mem),
+      System(f"{base}-no-candidates", make(True, False), bpp, int(index.codes.nbytes + index.ids.nbytes)),
+  ]
+
+
+def _faiss_bytes(index) -> int:
+  import faiss  # pylint: disable=import-outside-toplevel
+  return int(faiss.serialize_index(index).size)
+
+
+def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
+                  ids_bytes: int) -> list[System]:
+  """Float baselines over passage embeddings [N, d]; labels are index rows."""
+  import faiss  # pylint: disable=import-outside-toplevel
+
+  emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+  n, d = emb.shape
+  systems = []
+  for name in names:
+    if name not in BASELINES:
+      raise ValueError(f"unknown baseline {name!r}; expected some of {', '.join(BASELINES)}")
+    if name == "flat_ip":
+      index = faiss.IndexFlatIP(d)
+      bpp = 4.0 * d
+    elif name == "hnsw":
+      index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+      index.hnsw.efSearch = HNSW_EF_SEARCH
+      bpp = 4.0 * d
+    elif name == "lsh":
+      index = faiss.IndexLSH(d, code_bits, True, False)
+      index.train(emb)
+      bpp = code_bits / 8
+    else:
+      m = code_bits // 8
+      if d % m:
+        raise ValueError(f"pq: dimension {d} is not divisible by M={m}")
+      nbits = 8 if n >= 256 else max(1, int(np.log2(max(n, 2))))
+      index = faiss.IndexPQ(d, m, nbits)
+      index.train(emb)
+      bpp = m * nbits / 8
+      if nbits != 8:
+        name = f"pq{nbits}"
+    index.add(emb)
+    systems.append(System(name, _faiss_search(index), bpp, _faiss_bytes(index) + ids_bytes))
+  return systems
+
+
+def _faiss_search(index) -> SearchFn:
+  def search(q: np.ndarray, k: int) -> np.ndarray:
+    import faiss  # pylint: disable=import-outside-toplevel
+    old = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = 1  # BLAS even for single questions
+    try:
+      _, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
+    finally:
+      faiss.cvar.distance_compute_blas_threshold = old
+    rows = rows.astype(np.int64)
+    if rows.shape[1] < k:
+      rows = np.concatenate([rows, np.full((len(q), k - rows.shape[1]), -1, np.int64)], axis=1)
+    return rows
+  return search
+
+
+def time_system(system: System, q_emb: np.ndarray, k: int,
+                num_single: int) -> tuple[np.ndarray, float, float]:
+  """Runs a system on every question; returns (rows, ms/query batched, ms/query single)."""
+  system.search(q_emb[:1], k)  # warm-up (jit compiles, faiss threads)
+  t0 = time.perf_counter()
+  rows = system.search(q_emb, k)
+  batched = (time.perf_counter() - t0) * 1000 / len(q_emb)
+  n = min(num_single, len(q_emb))
+  single = float("nan")
+  if n:
+    t0 = time.perf_counter()
+    for i in range(n):
+      system.search(q_emb[i:i + 1], k)
+    single = (time.perf_counter() - t0) * 1000 / n
+  return rows, batched, single
+
+
+def evaluate_systems(systems: Sequence[System], q_emb: np.ndarray, scorer: Scorer,
+                     num_single: int = 100, log: Callable[[str], None] | None = print
+                     ) -> list[dict[str, Any]]:
+  """Times and scores each system; returns one row per system."""
+  out = []
+  for s in systems:
+    rows, batched, single = time_system(s, q_emb, scorer.max_k, num_single)
+    row: dict[str, Any] = {"name": s.name}
+    row.update(scorer(rows))
+    row.update({"bytes_per_passage": s.bytes_per_passage, "index_bytes": int(s.index_bytes),
+                "ms_per_query": round(batched, 4), "ms_per_query_single": round(single, 4)})
+    if log is not None:
+      log(f"{s.name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in row.items() if k != "name"))
+    out.append(row)
+  return out
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table of result rows (columns in first-seen order)."""
+  cols: list[str] = []
+  for r in rows:
+    for c in r:
+      if c not in cols:
+        cols.append(c)
+
+  def fmt(v: Any) -> str:
+    if isinstance(v, float):
+      return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+    return "" if v is None else str(v)
+
+  lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+  lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def default_embeddings_path(index: BinaryIndex) -> pathlib.Path | None:
+  """embeddings.npy of the encode run the index was built from, if any."""
+  src = index.meta.get("source")
+  if not src:
+    return None
+  src = pathlib.Path(src)
+  if (src / "embeddings.npy").exists():
+    return src / "embeddings.npy"
+  return None
+
+
+def load_embeddings(path: str | os.PathLike, index: BinaryIndex) -> np.ndarray:
+  """Float passage embeddings (a .npy file, or an encode output folder with shards)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    files = [path / "embeddings.npy"] if (path / "embeddings.npy").exists() else sorted(
+        path.glob("shard_*/embeddings.npy"))
+    if not files:
+      raise FileNotFoundError(f"no embeddings.npy in {path} (encode with --save_float)")
+    emb = np.concatenate([load_npy(f, mmap=True) for f in files])
+  else:
+    emb = load_npy(path, mmap=True)
+  if emb.ndim != 2 or emb.shape[0] != index.ntotal:
+    raise ValueError(f"embeddings {path} have shape {emb.shape}, index has {index.ntotal} passages")
+  return emb
+
+
+def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: Sequence[int],
+                   l: int = 1000, passages: str | os.PathLike | None = None,
+                   baselines: Sequence[str] = (), embeddings: np.ndarray | None = None,
+                   match: str = "string", num_single: int = 100, batch_size: int = 64,
+                   log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+  """Encodes the questions once, then evaluates BPR rows and float baselines."""
+  if not questions.texts:
+    raise ValueError("no questions to evaluate")
+  for i, t in enumerate(questions.texts):
+    if not t.strip():
+      raise ValueError(f"question {i} is empty")
+  passage_text = None
+  if passages is not None:
+    from bpr_jax.passage_store import PassageStore  # pylint: disable=import-outside-toplevel
+    store = PassageStore(passages)
+    if len(store) != index.ntotal:
+      raise ValueError(f"passage file {passages} has {len(store)} passages but the index has "
+                       f"{index.ntotal}")
+    passage_text = lambda rows: [text for _, text in store.get_rows(rows)]  # noqa: E731
+  scorer = Scorer(questions, index.ids, ks, passage_text, match)
+  t0 = time.perf_counter()
+  q_emb = np.asarray(model.encode_questions(questions.texts, batch_size=batch_size), np.float32)
+  if log is not None:
+    log(f"encoded {len(q_emb)} questions in {time.perf_counter() - t0:.1f}s")
+  if q_emb.shape[1] != index.code_bits:
+    raise ValueError(f"model gives {q_emb.shape[1]}-dim question embeddings but the index has "
+                     f"{index.code_bits}-bit codes")
+  systems = bpr_systems(index, l)
+  if baselines:
+    if embeddings is None:
+      raise ValueError("float baselines need passage embeddings (encode --save_float, --embeddings)")
+    systems += float_systems(embeddings, index.code_bits, baselines, int(index.ids.nbytes))
+  return evaluate_systems(systems, q_emb, scorer, num_single, log)
+
+
+# ---------------------------------------------------------------------------
+# Command.
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  flags.DEFINE_string("model", None, "Exported model folder.")
+  flags.DEFINE_string("index", None, "Index folder (bpr_jax.index).")
+  flags.DEFINE_string("passages", None, "Passage file the index was encoded from.")
+  flags.DEFINE_string("qa", None, "DPR qas csv (question<TAB>['answers']).")
+  flags.DEFINE_string("beir_dir", None, "BEIR dataset folder (queries.jsonl, qrels/).")
+  flags.DEFINE_string("split", "test", "BEIR qrels split.")
+  flags.DEFINE_string("output", None, "Result JSON file.")
+  flags.DEFINE_list("k", ["1", "5", "20", "100"], "Cut-offs for recall@k.")
+  flags.DEFINE_integer("l", 1000, "Stage-1 candidates.")
+  flags.DEFINE_list("baselines", list(BASELINES),
+                    "Float baselines (need float embeddings; skipped when there are none).")
+  flags.DEFINE_string("embeddings", None, "Float passage embeddings (.npy or encode folder); "
+                      "default: embeddings.npy of the index's encode run.")
+  flags.DEFINE_enum("match", "string", ["string", "regex"], "QA answer matching.")
+  flags.DEFINE_integer("num_single", 100, "Questions timed one at a time.")
+  flags.DEFINE_integer("max_questions", None, "Evaluate only the first N questions.")
+  flags.DEFINE_integer("batch_size", 64, "Question encoding batch size.")
+  flags.mark_flags_as_required(["model", "index", "output"])
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  try:
+    if (f.qa is None) == (f.beir_dir is None):
+      raise ValueError("give exactly one of --qa or --beir_dir")
+    ks = [int(k) for k in f.k]
+    if not ks or min(ks) < 1:
+      raise ValueError(f"--k must be positive integers, got {f.k}")
+    index = BinaryIndex.load(f.index)
+    if f.qa is not None:
+      if f.passages is None:
+        raise ValueError("--qa needs --passages to check answers in passage texts")
+      questions = load_qa(f.qa, f.max_questions)
+    else:
+      questions = load_beir(f.beir_dir, f.split, [str(i) for i in index.ids.tolist()],
+                            f.max_questions)
+    emb_path = f.embeddings or default_embeddings_path(index)
+    baselines = [b for b in f.baselines if b]
+    embeddings = None
+    if baselines and emb_path is None:
+      print("no float embeddings found; skipping float baselines")
+      baselines = []
+    elif baselines:
+      embeddings = load_embeddings(emb_path, index)
+    model = load_exported(f.model)
+    rows = run_evaluation(model, index, questions, ks=ks, l=f.l, passages=f.passages,
+                          baselines=baselines, embeddings=embeddings, match=f.match,
+                          num_single=f.num_single, batch_size=f.batch_size)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    raise SystemExit(f"error: {e}") from None
+  out = pathlib.Path(f.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
+  print(markdown_table(rows))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  from absl import app as _app
+
+  _define_flags()
+  _app.run(main)

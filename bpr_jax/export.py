@@ -1,0 +1,259 @@
+"""Exported BPR/DPR models: two HF-compatible BERT dirs, a tokenizer and settings.
+
+Layout of an exported dir:
+
+  question_encoder/{config.json, model.safetensors, tokenizer files}
+  passage_encoder/{config.json, model.safetensors, tokenizer files}
+  bpr.json   settings: mode ('bpr' | 'dpr'), pooling, question_max_length,
+             passage_max_length, code_bits, hidden_size, shared_encoder
+
+Each encoder dir loads in transformers as `BertModel` (the pooled vector is
+`last_hidden_state[:, 0]` for 'cls' pooling, or the masked mean for 'mean').
+
+Command:  python -m bpr_jax.export --workdir=W --output=E [--step=N]
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from flax import nnx
+
+from bpr_jax.models import hf
+from bpr_jax.models.bert import POOLINGS, BertConfig, BertEncoder
+from bpr_jax.tokenization import KEYS, Tokenizer
+
+SETTINGS_FILE = "bpr.json"
+QUESTION_DIR = "question_encoder"
+PASSAGE_DIR = "passage_encoder"
+MODES = ("bpr", "dpr")
+REQUIRED_SETTINGS = ("mode", "pooling", "question_max_length", "passage_max_length",
+                     "code_bits", "hidden_size", "shared_encoder")
+FORMAT_VERSION = 1
+
+PathLike = str | os.PathLike
+FLAGS = flags.FLAGS
+
+
+def check_settings(settings: dict, source: PathLike = "settings") -> dict:
+  """Validates an exported model's settings dict; returns a copy."""
+  if not isinstance(settings, dict):
+    raise ValueError(f"{source}: settings must be a JSON object")
+  missing = [k for k in REQUIRED_SETTINGS if k not in settings]
+  if missing:
+    raise ValueError(f"{source}: missing settings {', '.join(missing)}")
+  if settings["mode"] not in MODES:
+    raise ValueError(f"{source}: mode must be one of {MODES}, got {settings['mode']!r}")
+  if settings["pooling"] not in POOLINGS:
+    raise ValueError(f"{source}: pooling must be one of {POOLINGS}, got {settings['pooling']!r}")
+  for key in ("question_max_length", "passage_max_length", "hidden_size", "code_bits"):
+    value = settings[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ValueError(f"{source}: {key} must be a non-negative int, got {value!r}")
+  if not isinstance(settings["shared_encoder"], bool):
+    raise ValueError(f"{source}: shared_encoder must be true or false")
+  return dict(settings)
+
+
+def _next_pow2(n: int) -> int:
+  return 1 << max(0, (n - 1).bit_length())
+
+
+def make_encode_fn(model: BertEncoder) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+  """A jitted, deterministic batch -> float32 [B, d] numpy function."""
+  graphdef, params = nnx.split(model)
+
+  @jax.jit
+  def encode(params, input_ids, attention_mask, token_type_ids):
+    return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids)
+
+  def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+    return np.asarray(encode(params, *(jnp.asarray(batch[k]) for k in KEYS)), np.float32)
+
+  return run
+
+
+def encode_batches(encode: Callable[[dict[str, np.ndarray]], np.ndarray],
+                   batch: dict[str, np.ndarray], batch_size: int, dim: int) -> np.ndarray:
+  """Runs `encode` over fixed-size chunks (last one zero-padded) of a tokenised batch."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  n = len(batch["input_ids"])
+  if n == 0:
+    return np.zeros((0, dim), np.float32)
+  size = min(batch_size, _next_pow2(n))
+  out = []
+  for start in range(0, n, size):
+    chunk = {k: v[start:start + size] for k, v in batch.items()}
+    rows = len(chunk["input_ids"])
+    if rows < size:
+      chunk = {k: np.pad(v, ((0, size - rows), (0, 0))) for k, v in chunk.items()}
+    out.append(encode(chunk)[:rows])
+  return np.concatenate(out)
+
+
+@dataclasses.dataclass
+class ExportedModel:
+  """Question and passage encoders with their tokenizer and settings."""
+  question_encoder: BertEncoder
+  passage_encoder: BertEncoder
+  tokenizer: Tokenizer
+  settings: dict
+  _fns: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  def _fn(self, which: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    if which not in self._fns:
+      model = self.question_encoder if which == "question" else self.passage_encoder
+      self._fns[which] = make_encode_fn(model)
+    return self._fns[which]
+
+  def encode_questions(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """float32 [N, d] question embeddings."""
+    batch = self.tokenizer.questions(texts, self.settings["question_max_length"])
+    return encode_batches(self._fn("question"), batch, batch_size,
+                          self.question_encoder.config.hidden_size)
+
+  def encode_passages(self, titles: Sequence[str], texts: Sequence[str],
+                      batch_size: int = 64) -> np.ndarray:
+    """float32 [N, d] passage embeddings."""
+    batch = self.tokenizer.passages(titles, texts, self.settings["passage_max_length"])
+    return encode_batches(self._fn("passage"), batch, batch_size,
+                          self.passage_encoder.config.hidden_size)
+
+
+def save_exported(question_encoder: BertEncoder, passage_encoder: BertEncoder,
+                  tokenizer: Tokenizer, settings: dict, out_dir: PathLike) -> None:
+  """Writes an exported model dir (see module docstring), replacing it atomically."""
+  settings = check_settings(settings)
+  for name, model in ((QUESTION_DIR, question_encoder), (PASSAGE_DIR, passage_encoder)):
+    if model.config.hidden_size != settings["hidden_size"]:
+      raise ValueError(f"{name} hidden size {model.config.hidden_size} != settings "
+                       f"hidden_size {settings['hidden_size']}")
+    if model.pooling != settings["pooling"]:
+      raise ValueError(f"{name} pooling {model.pooling!r} != settings pooling "
+                       f"{settings['pooling']!r}")
+  settings.setdefault("format_version", FORMAT_VERSION)
+  with hf.atomic_directory(out_dir) as tmp:
+    for name, model in ((QUESTION_DIR, question_encoder), (PASSAGE_DIR, passage_encoder)):
+      (tmp / name).mkdir()
+      hf.write_bert_files(model, tmp / name, tokenizer=tokenizer)
+    with open(tmp / SETTINGS_FILE, "w", encoding="utf-8") as f:
+      json.dump(settings, f, indent=2, sort_keys=True)
+      f.write("\n")
+
+
+def read_settings(path: PathLike) -> dict:
+  """The validated bpr.json of an exported dir."""
+  path = pathlib.Path(path)
+  file = path / SETTINGS_FILE
+  if not file.is_file():
+    raise FileNotFoundError(f"no {SETTINGS_FILE} in {path} (not an exported model dir)")
+  try:
+    settings = json.loads(file.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{file}: not valid JSON ({e})") from None
+  return check_settings(settings, file)
+
+
+def load_exported(path: PathLike, *, dtype=jnp.float32) -> ExportedModel:
+  """Loads a dir written by `save_exported` (or `import_dpr`)."""
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"exported model directory not found: {path}")
+  settings = read_settings(path)
+  for name in (QUESTION_DIR, PASSAGE_DIR):
+    if not (path / name).is_dir():
+      raise FileNotFoundError(f"missing {name}/ in exported model {path}")
+  pooling = settings["pooling"]
+  question = hf.load_bert(path / QUESTION_DIR, pooling=pooling, dtype=dtype)
+  if settings["shared_encoder"]:
+    passage = question
+  else:
+    passage = hf.load_bert(path / PASSAGE_DIR, pooling=pooling, dtype=dtype)
+  for name, model in ((QUESTION_DIR, question), (PASSAGE_DIR, passage)):
+    if model.config.hidden_size != settings["hidden_size"]:
+      raise ValueError(f"{path / name}: hidden size {model.config.hidden_size} != "
+                       f"{SETTINGS_FILE} hidden_size {settings['hidden_size']}")
+  tokenizer = Tokenizer.from_dir(path / QUESTION_DIR)
+  return ExportedModel(question, passage, tokenizer, settings)
+
+
+def _dpr_config(checkpoint: PathLike) -> BertConfig:
+  """The BertConfig of a DPR checkpoint: config.json in it, or beside the file."""
+  path = pathlib.Path(checkpoint)
+  folder = path if path.is_dir() else path.parent
+  file = folder / hf.CONFIG_FILE
+  if not file.is_file():
+    raise FileNotFoundError(f"no {hf.CONFIG_FILE} for DPR checkpoint {path} (looked in {folder})")
+  return BertConfig.from_json(file)
+
+
+def import_dpr(checkpoint: PathLike | Sequence[PathLike], out_dir: PathLike, *,
+               tokenizer_dir: PathLike, mode: str = "bpr", pooling: str = "cls",
+               max_length: int = 256) -> None:
+  """Builds an exported dir from a published DPR/BPR checkpoint in transformers DPR naming.
+
+  `checkpoint`: a dir (or weights file with config.json beside it) holding both
+  encoders, or a (question, passage) pair of DPRQuestionEncoder /
+  DPRContextEncoder dirs. code_bits = hidden_size (as in training exports).
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  pair = not isinstance(checkpoint, (str, os.PathLike))
+  q_state, p_state = hf.load_dpr_checkpoint(list(checkpoint) if pair else checkpoint)
+  q_source, p_source = (checkpoint[0], checkpoint[1]) if pair else (checkpoint, checkpoint)
+  encoders = []
+  for source, state in ((q_source, q_state), (p_source, p_state)):
+    try:
+      encoders.append(hf.bert_from_state_dict(_dpr_config(source), state, pooling=pooling))
+    except ValueError as e:
+      raise ValueError(f"{source}: {e}") from None
+  hidden = encoders[0].config.hidden_size
+  settings = {
+      "mode": mode, "pooling": pooling, "question_max_length": max_length,
+      "passage_max_length": max_length, "code_bits": hidden,
+      "hidden_size": hidden, "shared_encoder": False,
+  }
+  save_exported(encoders[0], encoders[1], Tokenizer.from_dir(tokenizer_dir), settings, out_dir)
+
+
+# ----------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Sequence[str]) -> None:
+  """Exports the trained encoders of a training workdir."""
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
+  from bpr_jax import train
+  q_model, p_model, tokenizer, settings = train.restore_for_export(FLAGS.workdir, FLAGS.step)
+  save_exported(q_model, p_model, tokenizer, settings, FLAGS.output)
+  print(f"exported {FLAGS.workdir} to {FLAGS.output}")
+
+
+def define_flags() -> None:
+  """Defines --workdir, --output and --step (each only if not already defined)."""
+  if "workdir" not in FLAGS:
+    flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
+  if "output" not in FLAGS:
+    flags.DEFINE_string("output", None, "Directory to write the exported model to.")
+  if "step" not in FLAGS:
+    flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest).")
+  flags.mark_flags_as_required(["workdir", "output"])
+
+
+if __name__ == "__main__":
+  from absl import app
+  try:  # let train.py define any flags it shares with this command first
+    from bpr_jax import train  # noqa: F401
+  except ImportError:
+    pass
+  define_flags()
+  app.run(main)

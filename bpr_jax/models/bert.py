@@ -1,0 +1,276 @@
+"""A BERT encoder in Flax NNX, weight-compatible with Hugging Face `BertModel`.
+
+The encoder returns one pooled vector per sequence: the last-layer hidden state
+of token 0 ('cls', as in DPR/BPR; there is no pooler dense layer) or the mean of
+the hidden states of the real tokens ('mean').
+
+Dropout takes its randomness from an explicit `dropout_rng` key, so the
+module's state holds nothing but `nnx.Param` variables and
+`nnx.split(model)` gives `(graphdef, params)`.
+
+Parameter tree (paths of `nnx.state(model)`):
+
+  embeddings.word_embeddings.embedding        [vocab, hidden]
+  embeddings.position_embeddings.embedding    [max_positions, hidden]
+  embeddings.token_type_embeddings.embedding  [type_vocab, hidden]
+  embeddings.norm.{scale,bias}                [hidden]
+  layers.<i>.attention.{query,key,value,output}.{kernel [in, out], bias}
+  layers.<i>.attention_norm.{scale,bias}
+  layers.<i>.intermediate.{kernel,bias}       [hidden, intermediate]
+  layers.<i>.output.{kernel,bias}             [intermediate, hidden]
+  layers.<i>.output_norm.{scale,bias}
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+POOLINGS = ("cls", "mean")
+# Added to the attention scores of padding keys (scores are float32).
+MASK_BIAS = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """BERT hyper-parameters, with Hugging Face `config.json` field names."""
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu"
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  pad_token_id: int = 0
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                       f"num_attention_heads {self.num_attention_heads}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; "
+                       f"expected one of {sorted(ACTIVATIONS)}")
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "BertConfig":
+    """Builds a config from a dict such as HF config.json; unknown keys are ignored."""
+    position_type = d.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+      raise ValueError(f"unsupported position_embedding_type {position_type!r}; "
+                       "only 'absolute' is implemented")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+    return cls(**kwargs)
+
+  @classmethod
+  def from_json(cls, path: str | os.PathLike) -> "BertConfig":
+    """Reads a HF-style config.json."""
+    try:
+      with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    except FileNotFoundError:
+      raise FileNotFoundError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+      raise ValueError(f"{path}: expected a JSON object")
+    return cls.from_dict(d)
+
+  def to_dict(self) -> dict:
+    """The content of a HF `config.json` for `BertModel`."""
+    d: dict[str, Any] = {"architectures": ["BertModel"], "model_type": "bert"}
+    d.update(dataclasses.asdict(self))
+    d["position_embedding_type"] = "absolute"
+    d["initializer_range"] = 0.02
+    return d
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+
+def _normal_init(stddev: float = 0.02):
+  return nnx.initializers.normal(stddev)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None,
+            deterministic: bool) -> jax.Array:
+  """Inverted dropout: zeroes a `rate` fraction of `x` and rescales the rest."""
+  if deterministic or rate <= 0.0:
+    return x
+  if rng is None:
+    raise ValueError("dropout needs a dropout_rng key when deterministic=False")
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
+def _split(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
+  """n keys from `rng`, or n Nones when there is no key."""
+  if rng is None:
+    return [None] * n
+  return list(jax.random.split(rng, n))
+
+
+class BertEmbeddings(nnx.Module):
+  """Word + position + token-type embeddings, layer norm and dropout."""
+
+  def __init__(self, config: BertConfig, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = config
+    kw = dict(dtype=jnp.float32, param_dtype=param_dtype,
+              embedding_init=_normal_init(), rngs=rngs)
+    self.word_embeddings = nnx.Embed(config.vocab_size, config.hidden_size, **kw)
+    self.position_embeddings = nnx.Embed(config.max_position_embeddings,
+                                         config.hidden_size, **kw)
+    self.token_type_embeddings = nnx.Embed(config.type_vocab_size, config.hidden_size, **kw)
+    self.norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps,
+                              dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, *,
+               deterministic: bool, rng: jax.Array | None) -> jax.Array:
+    length = input_ids.shape[-1]
+    if length > self.config.max_position_embeddings:
+      raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
+                       f"{self.config.max_position_embeddings}")
+    positions = jnp.arange(length, dtype=jnp.int32)[None, :]
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+         + self.token_type_embeddings(token_type_ids))
+    x = self.norm(x.astype(jnp.float32))
+    return dropout(x, self.config.hidden_dropout_prob, rng, deterministic)
+
+
+class BertSelfAttention(nnx.Module):
+  """Multi-head self-attention with the output projection (no layer norm)."""
+
+  def __init__(self, config: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.config = config
+    self.dtype = dtype
+    h = config.hidden_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=_normal_init(), rngs=rngs)
+    self.query = nnx.Linear(h, h, **kw)
+    self.key = nnx.Linear(h, h, **kw)
+    self.value = nnx.Linear(h, h, **kw)
+    self.output = nnx.Linear(h, h, **kw)
+
+  def __call__(self, x: jax.Array, bias: jax.Array, *, deterministic: bool,
+               rngs: list[jax.Array | None]) -> jax.Array:
+    """x [B, L, H], bias [B, 1, 1, L] float32 -> [B, L, H] in the compute dtype."""
+    batch, length, _ = x.shape
+    heads, head_dim = self.config.num_attention_heads, self.config.head_dim
+
+    def to_heads(y: jax.Array) -> jax.Array:
+      return y.reshape(batch, length, heads, head_dim)
+
+    q, k, v = to_heads(self.query(x)), to_heads(self.key(x)), to_heads(self.value(x))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = scores / math.sqrt(head_dim) + bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = dropout(probs, self.config.attention_probs_dropout_prob, rngs[0], deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    out = self.output(context.reshape(batch, length, heads * head_dim))
+    return dropout(out, self.config.hidden_dropout_prob, rngs[1], deterministic)
+
+
+class BertLayer(nnx.Module):
+  """One post-norm transformer block: attention, add & norm, MLP, add & norm."""
+
+  def __init__(self, config: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.config = config
+    h, m = config.hidden_size, config.intermediate_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=_normal_init(), rngs=rngs)
+    norm_kw = dict(epsilon=config.layer_norm_eps, dtype=jnp.float32,
+                   param_dtype=param_dtype, rngs=rngs)
+    self.attention = BertSelfAttention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attention_norm = nnx.LayerNorm(h, **norm_kw)
+    self.intermediate = nnx.Linear(h, m, **kw)
+    self.output = nnx.Linear(m, h, **kw)
+    self.output_norm = nnx.LayerNorm(h, **norm_kw)
+
+  def __call__(self, x: jax.Array, bias: jax.Array, rng: jax.Array | None, *,
+               deterministic: bool) -> jax.Array:
+    """x [B, L, H] float32 -> [B, L, H] float32."""
+    rngs = _split(rng, 3)
+    attn = self.attention(x, bias, deterministic=deterministic, rngs=rngs[:2])
+    x = self.attention_norm(x + attn.astype(jnp.float32))
+    y = ACTIVATIONS[self.config.hidden_act](self.intermediate(x))
+    y = dropout(self.output(y), self.config.hidden_dropout_prob, rngs[2], deterministic)
+    return self.output_norm(x + y.astype(jnp.float32))
+
+
+class BertEncoder(nnx.Module):
+  """BERT that maps token ids to one pooled float32 vector per sequence."""
+
+  def __init__(self, config: BertConfig, *, pooling: str = "cls", dtype=jnp.float32,
+               param_dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    if pooling not in POOLINGS:
+      raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    self.config = config
+    self.pooling = pooling
+    self.dtype = dtype
+    self.param_dtype = param_dtype
+    self.remat = remat
+    self.embeddings = BertEmbeddings(config, param_dtype=param_dtype, rngs=rngs)
+    self.layers = nnx.List([
+        BertLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        for _ in range(config.num_hidden_layers)])
+
+  def sequence_output(self, input_ids: jax.Array, attention_mask: jax.Array,
+                      token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
+                      dropout_rng: jax.Array | None = None) -> jax.Array:
+    """[B, L] int inputs -> last-layer hidden states [B, L, hidden] float32."""
+    if not deterministic and dropout_rng is None:
+      raise ValueError("deterministic=False needs a dropout_rng key")
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+      raise ValueError(f"expected input_ids and attention_mask of the same shape [B, L]; got "
+                       f"{input_ids.shape} and {attention_mask.shape}")
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    rng = None if deterministic else dropout_rng
+    keys = _split(rng, len(self.layers) + 1)
+    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rng=keys[0])
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASK_BIAS).astype(jnp.float32)
+
+    def run_layer(layer: BertLayer, h: jax.Array, b: jax.Array,
+                  key: jax.Array | None) -> jax.Array:
+      return layer(h, b, key, deterministic=deterministic)
+
+    step = nnx.remat(run_layer) if self.remat else run_layer
+    for layer, key in zip(self.layers, keys[1:]):
+      x = step(layer, x, bias, key)
+    return x.astype(jnp.float32)
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """[B, L] int inputs -> pooled [B, hidden] float32 ('cls' or masked 'mean')."""
+    hidden = self.sequence_output(input_ids, attention_mask, token_type_ids,
+                                  deterministic=deterministic, dropout_rng=dropout_rng)
+    return pool(hidden, attention_mask, self.pooling)
+
+
+def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
+  """Pools [B, L, H] hidden states into [B, H] float32."""
+  if pooling == "cls":
+    return hidden[:, 0].astype(jnp.float32)
+  if pooling == "mean":
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(hidden.astype(jnp.float32) * mask, axis=1)
+    return total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+  raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")

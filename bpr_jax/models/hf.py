@@ -1,0 +1,388 @@
+"""Conversion between Hugging Face BERT / DPR checkpoints and `BertEncoder`.
+
+HF `BertModel` tensor names map to `BertEncoder` parameter paths as follows
+(linear weights are transposed: torch stores [out, in], Flax [in, out]):
+
+  embeddings.word_embeddings.weight         -> embeddings.word_embeddings.embedding
+  embeddings.position_embeddings.weight     -> embeddings.position_embeddings.embedding
+  embeddings.token_type_embeddings.weight   -> embeddings.token_type_embeddings.embedding
+  embeddings.LayerNorm.{weight,bias}        -> embeddings.norm.{scale,bias}
+  encoder.layer.<i>.attention.self.{query,key,value}.{weight,bias}
+                                            -> layers.<i>.attention.{query,key,value}.{kernel,bias}
+  encoder.layer.<i>.attention.output.dense  -> layers.<i>.attention.output
+  encoder.layer.<i>.attention.output.LayerNorm -> layers.<i>.attention_norm
+  encoder.layer.<i>.intermediate.dense      -> layers.<i>.intermediate
+  encoder.layer.<i>.output.dense            -> layers.<i>.output
+  encoder.layer.<i>.output.LayerNorm        -> layers.<i>.output_norm
+
+`pooler.*` and `embeddings.position_ids` are ignored on load and not written.
+Old TF-converted names `LayerNorm.gamma` / `LayerNorm.beta` are accepted.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterator, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bpr_jax.models.bert import BertConfig, BertEncoder
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+TORCH_FILE = "pytorch_model.bin"
+DPR_QUESTION_PREFIX = "question_encoder.bert_model."
+DPR_PASSAGE_PREFIX = "ctx_encoder.bert_model."
+_IGNORED_PREFIXES = ("pooler.",)
+_IGNORED_NAMES = ("embeddings.position_ids",)
+
+PathLike = str | os.PathLike
+
+
+# ----------------------------------------------------------------------------
+# Name mapping
+
+
+def hf_name_map(config: BertConfig) -> dict[str, tuple[tuple[Any, ...], bool]]:
+  """HF BertModel tensor name -> (BertEncoder param path, transpose?)."""
+  names: dict[str, tuple[tuple[Any, ...], bool]] = {}
+  for kind in ("word", "position", "token_type"):
+    names[f"embeddings.{kind}_embeddings.weight"] = (
+        ("embeddings", f"{kind}_embeddings", "embedding"), False)
+
+  def linear(hf: str, path: tuple[Any, ...]):
+    names[f"{hf}.weight"] = (path + ("kernel",), True)
+    names[f"{hf}.bias"] = (path + ("bias",), False)
+
+  def norm(hf: str, path: tuple[Any, ...]):
+    names[f"{hf}.weight"] = (path + ("scale",), False)
+    names[f"{hf}.bias"] = (path + ("bias",), False)
+
+  norm("embeddings.LayerNorm", ("embeddings", "norm"))
+  for i in range(config.num_hidden_layers):
+    hf, ours = f"encoder.layer.{i}", ("layers", i)
+    for proj in ("query", "key", "value"):
+      linear(f"{hf}.attention.self.{proj}", ours + ("attention", proj))
+    linear(f"{hf}.attention.output.dense", ours + ("attention", "output"))
+    norm(f"{hf}.attention.output.LayerNorm", ours + ("attention_norm",))
+    linear(f"{hf}.intermediate.dense", ours + ("intermediate",))
+    linear(f"{hf}.output.dense", ours + ("output",))
+    norm(f"{hf}.output.LayerNorm", ours + ("output_norm",))
+  return names
+
+
+def _canonical_name(name: str) -> str:
+  """Renames old TF-style LayerNorm.gamma / .beta to .weight / .bias."""
+  if name.endswith("LayerNorm.gamma"):
+    return name[:-len("gamma")] + "weight"
+  if name.endswith("LayerNorm.beta"):
+    return name[:-len("beta")] + "bias"
+  return name
+
+
+def _is_ignored(name: str) -> bool:
+  return name in _IGNORED_NAMES or name.startswith(_IGNORED_PREFIXES)
+
+
+def _param(model: BertEncoder, path: tuple[Any, ...]) -> nnx.Variable:
+  """The nnx variable at `path` inside `model`."""
+  node: Any = model
+  for key in path:
+    node = node[key] if isinstance(key, int) else getattr(node, key)
+  return node
+
+
+# ----------------------------------------------------------------------------
+# Reading checkpoints
+
+
+def _to_float32(array: np.ndarray) -> np.ndarray:
+  if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
+    return np.asarray(array, dtype=np.float32)
+  return np.asarray(array)
+
+
+def read_safetensors(path: PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a .safetensors file as numpy (floats as float32)."""
+  from safetensors import safe_open
+  out: dict[str, np.ndarray] = {}
+  try:
+    with safe_open(str(path), framework="np") as f:
+      for name in f.keys():
+        out[name] = _to_float32(f.get_tensor(name))
+  except (TypeError, ValueError) as e:
+    if "bf16" not in str(e).lower() and "bfloat16" not in str(e).lower():
+      raise ValueError(f"{path}: cannot read safetensors file ({e})") from None
+    with safe_open(str(path), framework="flax") as f:  # numpy has no bfloat16
+      for name in f.keys():
+        out[name] = _to_float32(np.asarray(f.get_tensor(name).astype(jnp.float32)))
+  return out
+
+
+def read_torch_bin(path: PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a pytorch_model.bin file as numpy (floats as float32)."""
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(f"{path}: reading a pytorch_model.bin needs torch "
+                      "(pip install torch), or convert it to model.safetensors") from None
+  state = torch.load(str(path), map_location="cpu", weights_only=True)
+  if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    state = state["state_dict"]
+  if not isinstance(state, Mapping):
+    raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+  out: dict[str, np.ndarray] = {}
+  for name, tensor in state.items():
+    if not hasattr(tensor, "detach"):
+      continue
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point():
+      tensor = tensor.float()
+    out[name] = tensor.numpy()
+  return out
+
+
+def weights_file(model_dir: PathLike) -> pathlib.Path:
+  """model.safetensors, else pytorch_model.bin, inside `model_dir`."""
+  model_dir = pathlib.Path(model_dir)
+  if not model_dir.is_dir():
+    raise FileNotFoundError(f"model directory not found: {model_dir}")
+  for name in (SAFETENSORS_FILE, TORCH_FILE):
+    if (model_dir / name).is_file():
+      return model_dir / name
+  raise FileNotFoundError(f"no {SAFETENSORS_FILE} or {TORCH_FILE} in {model_dir}")
+
+
+def read_weights(path: PathLike) -> dict[str, np.ndarray]:
+  """Tensors of a weights file, or of the weights file inside a model dir."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = weights_file(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"weights file not found: {path}")
+  if path.suffix == ".safetensors":
+    return read_safetensors(path)
+  return read_torch_bin(path)
+
+
+def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str | None,
+                 source: PathLike = "state dict") -> dict[str, np.ndarray]:
+  """Keeps the tensors under `prefix` (stripped), then strips a leading 'bert.'.
+
+  When some names start with 'bert.', only those are kept (task heads such as
+  'cls.*' of BertForPreTraining are dropped).
+  """
+  items = dict(state_dict)
+  if prefix:
+    items = {k[len(prefix):]: v for k, v in items.items() if k.startswith(prefix)}
+    if not items:
+      raise ValueError(f"{source}: no tensor names start with prefix {prefix!r}")
+  if any(k.startswith("bert.") for k in items):
+    items = {k[len("bert."):]: v for k, v in items.items() if k.startswith("bert.")}
+  return items
+
+
+def load_state_dict(model_dir: PathLike, prefix: str | None = None) -> dict[str, np.ndarray]:
+  """Reads a HF checkpoint (model.safetensors, else pytorch_model.bin) as float32 numpy.
+
+  `model_dir` may also be the weights file itself. Names are returned in
+  BertModel naming: `prefix` (e.g. 'question_encoder.bert_model.') and a
+  leading 'bert.' are stripped.
+  """
+  path = pathlib.Path(model_dir)
+  if not path.exists():
+    raise FileNotFoundError(f"model directory not found: {path}")
+  source = weights_file(path) if path.is_dir() else path
+  return strip_prefix(read_weights(source), prefix, source)
+
+
+# ----------------------------------------------------------------------------
+# Building models
+
+
+def bert_from_state_dict(config: BertConfig, state_dict: Mapping[str, np.ndarray], *,
+                         pooling: str = "cls", dtype=jnp.float32,
+                         rngs: nnx.Rngs | None = None) -> BertEncoder:
+  """A BertEncoder holding the tensors of a HF BertModel state dict.
+
+  Raises ValueError listing missing, unexpected and wrongly shaped tensors.
+  Without `rngs` the model is built abstractly (no random initialisation).
+  """
+  names = hf_name_map(config)
+  given = {_canonical_name(k): v for k, v in state_dict.items() if not _is_ignored(k)}
+  missing = sorted(set(names) - set(given))
+  unexpected = sorted(set(given) - set(names))
+  bad_shapes = []
+  for name, (path, transpose) in names.items():
+    if name not in given:
+      continue
+    want = tuple(reversed(_expected_shape(config, path))) if transpose else \
+        _expected_shape(config, path)
+    if tuple(np.shape(given[name])) != want:
+      bad_shapes.append(f"{name} {tuple(np.shape(given[name]))} != {want}")
+  problems = []
+  if missing:
+    problems.append(f"missing: {', '.join(missing)}")
+  if unexpected:
+    problems.append(f"unexpected: {', '.join(unexpected)}")
+  if bad_shapes:
+    problems.append(f"wrong shape: {', '.join(bad_shapes)}")
+  if problems:
+    raise ValueError("state dict does not match BertConfig; " + "; ".join(problems))
+
+  def build() -> BertEncoder:
+    return BertEncoder(config, pooling=pooling, dtype=dtype,
+                       rngs=rngs if rngs is not None else nnx.Rngs(0))
+
+  model = build() if rngs is not None else nnx.eval_shape(build)
+  for name, (path, transpose) in names.items():
+    array = np.asarray(given[name], dtype=np.float32)
+    if transpose:
+      array = array.T
+    variable = _param(model, path)
+    variable.set_value(jnp.asarray(array, dtype=model.param_dtype))
+  return model
+
+
+def _expected_shape(config: BertConfig, path: tuple[Any, ...]) -> tuple[int, ...]:
+  """The shape of the BertEncoder parameter at `path` (without building one)."""
+  h, m = config.hidden_size, config.intermediate_size
+  leaf = path[-1]
+  if path[0] == "embeddings":
+    rows = {"word_embeddings": config.vocab_size,
+            "position_embeddings": config.max_position_embeddings,
+            "token_type_embeddings": config.type_vocab_size}
+    return (h,) if path[1] == "norm" else (rows[path[1]], h)
+  module = path[2]
+  if module == "intermediate":
+    return (h, m) if leaf == "kernel" else (m,)
+  if module == "output" and leaf == "kernel":
+    return (m, h)
+  if module == "attention" and leaf == "kernel":
+    return (h, h)
+  return (h,)
+
+
+def read_config(model_dir: PathLike) -> BertConfig:
+  """The BertConfig of a HF model directory."""
+  model_dir = pathlib.Path(model_dir)
+  if not model_dir.is_dir():
+    raise FileNotFoundError(f"model directory not found: {model_dir}")
+  path = model_dir / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"no {CONFIG_FILE} in {model_dir}")
+  return BertConfig.from_json(path)
+
+
+def load_bert(model_dir: PathLike, *, pooling: str = "cls", dtype=jnp.float32,
+              prefix: str | None = None) -> BertEncoder:
+  """Loads a HF BERT directory (config.json + weights) as a BertEncoder."""
+  config = read_config(model_dir)
+  state_dict = load_state_dict(model_dir, prefix)
+  try:
+    return bert_from_state_dict(config, state_dict, pooling=pooling, dtype=dtype)
+  except ValueError as e:
+    raise ValueError(f"{model_dir}: {e}") from None
+
+
+# ----------------------------------------------------------------------------
+# Writing checkpoints
+
+
+def state_dict_from_bert(model: BertEncoder) -> dict[str, np.ndarray]:
+  """The model's weights as a HF BertModel state dict (float32 numpy, no 'bert.')."""
+  out = {}
+  for name, (path, transpose) in hf_name_map(model.config).items():
+    array = np.asarray(_param(model, path).get_value(), dtype=np.float32)
+    out[name] = np.ascontiguousarray(array.T if transpose else array)
+  return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: PathLike) -> Iterator[pathlib.Path]:
+  """Yields a temp dir beside `out_dir`; on success it replaces `out_dir`.
+
+  On error the temp dir is removed and `out_dir` is left untouched.
+  """
+  out_dir = pathlib.Path(out_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise FileExistsError(f"output path exists and is not a directory: {out_dir}")
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+  try:
+    yield tmp
+    old = None
+    if out_dir.exists():
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+      os.replace(out_dir, old / "x")
+    os.replace(tmp, out_dir)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def write_bert_files(model: BertEncoder, out_dir: PathLike, *, tokenizer=None) -> None:
+  """Writes config.json, model.safetensors (and tokenizer files) into an existing dir."""
+  from safetensors.numpy import save_file
+  out_dir = pathlib.Path(out_dir)
+  with open(out_dir / CONFIG_FILE, "w", encoding="utf-8") as f:
+    json.dump(model.config.to_dict(), f, indent=2, sort_keys=True)
+    f.write("\n")
+  save_file(state_dict_from_bert(model), str(out_dir / SAFETENSORS_FILE),
+            metadata={"format": "pt"})
+  if tokenizer is not None:
+    tokenizer.save(out_dir)
+
+
+def save_bert(model: BertEncoder, out_dir: PathLike, *, tokenizer=None) -> None:
+  """Saves a HF-loadable BertModel dir: config.json + model.safetensors (+ tokenizer)."""
+  with atomic_directory(out_dir) as tmp:
+    write_bert_files(model, tmp, tokenizer=tokenizer)
+
+
+# ----------------------------------------------------------------------------
+# DPR checkpoints
+
+
+def _check_no_projection(tensors: Mapping[str, np.ndarray], prefix: str, source) -> None:
+  head = prefix.split(".")[0] + ".encode_proj."
+  if any(k.startswith(head) for k in tensors):
+    raise ValueError(f"{source}: DPR projection layers ({head}*) are not supported "
+                     "(projection_dim must be 0)")
+
+
+def load_dpr_checkpoint(path: PathLike | tuple[PathLike, PathLike] | list[PathLike]
+                        ) -> tuple[dict, dict]:
+  """(question, passage) state dicts in BertModel naming from a DPR checkpoint.
+
+  `path` is a dir or safetensors/bin file holding both encoders in transformers
+  DPR naming ('question_encoder.bert_model.*', 'ctx_encoder.bert_model.*'), or
+  a pair of dirs/files (DPRQuestionEncoder, DPRContextEncoder).
+  """
+  if isinstance(path, (tuple, list)):
+    if len(path) != 2:
+      raise ValueError(f"expected (question_path, passage_path); got {len(path)} paths")
+    q_path, p_path = (pathlib.Path(p) for p in path)
+    q_all, p_all = _read_any(q_path), _read_any(p_path)
+  else:
+    q_path = p_path = pathlib.Path(path)
+    q_all = p_all = _read_any(q_path)
+  _check_no_projection(q_all, DPR_QUESTION_PREFIX, q_path)
+  _check_no_projection(p_all, DPR_PASSAGE_PREFIX, p_path)
+  question = strip_prefix(q_all, DPR_QUESTION_PREFIX, q_path)
+  passage = strip_prefix(p_all, DPR_PASSAGE_PREFIX, p_path)
+  return question, passage
+
+
+def _read_any(path: pathlib.Path) -> dict[str, np.ndarray]:
+  if not path.exists():
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+  return read_weights(path)

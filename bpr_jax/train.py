@@ -1,0 +1,541 @@
+"""Training loop: sharded BPR / DPR training with checkpoints, metrics and validation.
+
+`train_and_evaluate(config, workdir)` is what `python -m bpr_jax.main` runs. Re-running it
+with the same workdir resumes from the last checkpoint (parameters, optimizer state and the
+input pipeline's position). SIGTERM (preemption) saves a checkpoint and returns cleanly.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from bpr_jax import checkpoints, losses, parallel, schedules
+from bpr_jax.data import pipeline
+from bpr_jax.models import hash_layer
+from bpr_jax.models.bert import BertConfig, BertEncoder
+from bpr_jax.models.biencoder import BiEncoder, tokens_of
+from bpr_jax.tokenization import Tokenizer
+
+MODES = ("bpr", "dpr")
+SOURCES = ("tiny", "dpr_json", "beir", "tfds")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (NaN loss, mismatched resume, ...)."""
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad config value, before anything is loaded."""
+  def check(cond: bool, message: str) -> None:
+    if not cond:
+      raise ValueError(f"config: {message}")
+  check(config.mode in MODES, f"mode must be one of {MODES}, got {config.mode!r}")
+  check(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
+  check(config.num_train_steps > 0 or config.num_epochs > 0, "set num_epochs or num_train_steps")
+  check(config.model.init in ("hf", "random"), f"model.init must be 'hf' or 'random', got {config.model.init!r}")
+  check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
+  check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
+  check(config.model.param_sharding in parallel.PARAM_RULES,
+        f"model.param_sharding must be one of {parallel.PARAM_RULES}, got {config.model.param_sharding!r}")
+  if config.model.init == "hf":
+    check(bool(config.model.hf_dir), "model.hf_dir is required with model.init='hf'")
+  check(config.data.source in SOURCES, f"data.source must be one of {SOURCES}, got {config.data.source!r}")
+  check(config.data.num_hard_negatives >= 0, "data.num_hard_negatives must be >= 0")
+  check(config.loss.cand_reduction in losses.CAND_REDUCTIONS,
+        f"loss.cand_reduction must be one of {losses.CAND_REDUCTIONS}, got {config.loss.cand_reduction!r}")
+  check(config.loss.gamma >= 0, f"loss.gamma must be >= 0, got {config.loss.gamma}")
+  check(config.optim.learning_rate > 0, "optim.learning_rate must be positive")
+  check(0 <= config.optim.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)")
+  n = jax.device_count()
+  check(config.batch_size % n == 0, f"batch_size {config.batch_size} must be divisible by the {n} devices")
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def build_data(config: ml_collections.ConfigDict, workdir: str):
+  """(tokenizer, train source, dev source or None), every record validated up front."""
+  data = config.data
+  if data.source == "tiny":
+    from bpr_jax.data.tiny import make_tiny_dataset
+    tiny_dir = os.path.join(workdir, "tiny_data")
+    if jax.process_index() == 0:
+      paths = make_tiny_dataset(tiny_dir, seed=data.tiny_seed)
+    _sync("tiny_data")
+    if jax.process_index() != 0:
+      paths = make_tiny_dataset(tiny_dir, seed=data.tiny_seed, overwrite=False)
+    train_path, dev_path, tokenizer_dir = paths["train"], paths["dev"], paths["vocab_dir"]
+  else:
+    train_path, dev_path = data.train_path, data.dev_path
+    tokenizer_dir = data.tokenizer_dir or config.model.hf_dir
+  if not tokenizer_dir:
+    raise ValueError("config: data.tokenizer_dir (or model.hf_dir) is required")
+  tokenizer = Tokenizer.from_dir(tokenizer_dir)
+
+  if data.source in ("tiny", "dpr_json"):
+    from bpr_jax.data.dpr import DprJsonSource
+    if not train_path:
+      raise ValueError("config: data.train_path is required with data.source='dpr_json'")
+    train = DprJsonSource(train_path, skip_invalid=data.skip_invalid)
+    dev = DprJsonSource(dev_path, skip_invalid=data.skip_invalid) if dev_path else None
+  elif data.source == "beir":
+    from bpr_jax.data.beir import BeirSource
+    if not data.beir_dir:
+      raise ValueError("config: data.beir_dir is required with data.source='beir'")
+    train = BeirSource(data.beir_dir, data.train_split, hard_negatives_json=data.hard_negatives_json or None)
+    dev = (BeirSource(data.beir_dir, data.dev_split, hard_negatives_json=data.dev_hard_negatives_json or None)
+           if data.dev_split else None)
+  else:
+    from bpr_jax.data.tfds.source import TfdsSource
+    train = TfdsSource(data.tfds_name, split=data.train_split, data_dir=data.tfds_data_dir or None)
+    dev = (TfdsSource(data.tfds_name, split=data.dev_split, data_dir=data.tfds_data_dir or None)
+           if data.dev_split else None)
+  logging.info("train data: %s, %d examples%s", train.name, len(train),
+               f"; dev: {dev.name}, {len(dev)} examples" if dev is not None else "")
+  return tokenizer, train, dev
+
+
+def bert_config_of(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
+  """Architecture of a randomly initialised encoder (model.init='random')."""
+  arch = dict(config.model.bert)
+  arch.setdefault("vocab_size", tokenizer.vocab_size)
+  if arch.get("vocab_size", 0) <= 0:
+    arch["vocab_size"] = tokenizer.vocab_size
+  return BertConfig.from_dict(arch)
+
+
+def _with_dropout(bert: BertConfig, dropout: float) -> BertConfig:
+  if dropout < 0:
+    return bert
+  return BertConfig.from_dict({**bert.to_dict(), "hidden_dropout_prob": dropout,
+                               "attention_probs_dropout_prob": dropout})
+
+
+def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
+  """The BertConfig the encoders are built with (dropout from the config when set)."""
+  if config.model.init == "hf":
+    path = os.path.join(config.model.hf_dir, "config.json")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: model config not found (model.hf_dir)")
+    bert = BertConfig.from_json(path)
+  else:
+    bert = bert_config_of(config, tokenizer)
+  return _with_dropout(bert, config.model.dropout)
+
+
+def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load_weights: bool,
+                    mesh, abstract: bool = False):
+  """(BiEncoder, params) with params born sharded on `mesh` (or ShapeDtypeStructs if abstract)."""
+  dtype = DTYPES[config.model.dtype]
+  shared = config.model.shared_encoder
+
+  def make(seed: int) -> BertEncoder:
+    return BertEncoder(bert, pooling=config.model.pooling, dtype=dtype, remat=config.model.remat,
+                       rngs=nnx.Rngs(seed))
+
+  def init():
+    q = make(config.seed)
+    p = None if shared else make(config.seed + 1)
+    return BiEncoder.from_modules(q, p)
+
+  biencoder, abstract_params = _abstract_init(init)
+  shardings = parallel.param_shardings(abstract_params, mesh, config.model.param_sharding)
+  if abstract:
+    return biencoder, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                   abstract_params, shardings)
+  if load_weights and config.model.init == "hf":
+    from bpr_jax.models import hf
+    state_dict = hf.load_state_dict(config.model.hf_dir)
+    module = hf.bert_from_state_dict(bert, state_dict, pooling=config.model.pooling, dtype=dtype)
+    host = BiEncoder.from_modules(module, None)[1]["shared"]
+    host = jax.tree.map(np.asarray, host)
+    params = {"shared": host} if shared else {"question": host, "passage": host}
+    return biencoder, parallel.host_to_global(params, shardings)
+  params = jax.jit(lambda: init()[1], out_shardings=shardings)()
+  return biencoder, params
+
+
+def _abstract_init(init):
+  """BiEncoder (graph definitions) and ShapeDtypeStructs of its params, allocating nothing."""
+  out = {}
+
+  def capture():
+    biencoder, params = init()
+    out["biencoder"] = biencoder
+    return params
+  abstract = jax.eval_shape(capture)
+  return out["biencoder"], abstract
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+  """AdamW with linear warm-up/decay and global-norm clipping; (optimizer, lr schedule)."""
+  o = config.optim
+  lr = schedules.learning_rate_schedule(o.learning_rate, total_steps, o.warmup_fraction)
+
+  def decay_mask(params):
+    # No weight decay on biases and LayerNorm parameters (as DPR/BPR and BERT).
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(getattr(k, "key", None) in ("bias", "scale") or "norm" in str(getattr(k, "key", "")).lower()
+                                for k in path[-2:]), params)
+  tx = optax.chain(
+      optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
+      optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.adam_eps, weight_decay=o.weight_decay, mask=decay_mask))
+  return tx, lr
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, beta, alpha: float,
+                 cand_reduction: str, deterministic: bool, dropout_rng) -> losses.LossOutput:
+  """Encodes the global batch and returns the BPR or DPR loss (the single place both share)."""
+  kq = kp = kn = None
+  if not deterministic:
+    kq, kp, kn = jax.random.split(dropout_rng, 3)
+  q = biencoder.encode_questions(params, tokens_of(batch, "q"), deterministic=deterministic, dropout_rng=kq)
+  pos = biencoder.encode_passages(params, tokens_of(batch, "pos"), deterministic=deterministic, dropout_rng=kp)
+  neg = None
+  if "neg_input_ids" in batch:
+    neg = biencoder.encode_passages(params, tokens_of(batch, "neg"), deterministic=deterministic, dropout_rng=kn)
+  if mode == "bpr":
+    return losses.bpr_loss(q, pos, neg, beta, alpha=alpha, cand_reduction=cand_reduction)
+  return losses.dpr_loss(q, pos, neg)
+
+
+def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collections.ConfigDict):
+  """The un-jitted train step: (state, batch, rng) -> (state, metrics)."""
+  mode, alpha, gamma = config.mode, config.loss.alpha, config.loss.gamma
+  reduction = config.loss.cand_reduction
+
+  def train_step(state, batch, rng):
+    step = state["step"]
+    beta = schedules.hash_beta(step, gamma)
+    dropout_rng = jax.random.fold_in(rng, step)
+
+    def loss_fn(params):
+      out = compute_loss(biencoder, params, batch, mode=mode, beta=beta, alpha=alpha, cand_reduction=reduction,
+                         deterministic=False, dropout_rng=dropout_rng)
+      return out.loss, out
+
+    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": out.loss, "loss_cand": out.cand, "loss_rerank": out.rerank, "beta": beta,
+               "lr": lr_schedule(step), "grad_norm": optax.global_norm(grads),
+               "train_avg_rank": jnp.mean(losses.positive_rank(out.scores).astype(jnp.float32))}
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+  return train_step
+
+
+def make_eval_encode(biencoder: BiEncoder, config: ml_collections.ConfigDict):
+  """(params, batch) -> (e_q, e_pos, e_neg), deterministic, for validation."""
+  def encode(params, batch):
+    q = biencoder.encode_questions(params, tokens_of(batch, "q"))
+    pos = biencoder.encode_passages(params, tokens_of(batch, "pos"))
+    neg = biencoder.encode_passages(params, tokens_of(batch, "neg"))
+    return q, pos, neg
+  return encode
+
+
+def average_rank(q: np.ndarray, passages: np.ndarray, mode: str) -> float:
+  """Mean 0-based rank of question i's positive (row i of `passages`) among all `passages`.
+
+  BPR ranks by the test-time score <e_q, sign(e_p)>, DPR by <e_q, e_p>, as DPR's/BPR's
+  checkpoint selection does on the dev set.
+  """
+  if mode == "bpr":
+    passages = np.where(passages >= 0, 1.0, -1.0).astype(np.float32)
+  scores = q @ passages.T
+  positive = scores[np.arange(len(q)), np.arange(len(q))][:, None]
+  others = np.ones_like(scores, dtype=bool)
+  others[np.arange(len(q)), np.arange(len(q))] = False
+  return float(np.mean(np.sum((scores >= positive) & others, axis=1)))
+
+
+def validate(encode_fn, params, dev_batches, mesh, mode: str) -> dict:
+  qs, poss, negs = [], [], []
+  for local in dev_batches:
+    valid = local.pop("neg_valid")
+    batch = parallel.global_batch(local, mesh)
+    q, pos, neg = encode_fn(params, batch)
+    valid_all = parallel.to_host(parallel.global_batch({"v": valid}, mesh)["v"]).astype(bool)
+    qs.append(parallel.to_host(q))
+    poss.append(parallel.to_host(pos))
+    negs.append(parallel.to_host(neg)[valid_all])
+  if not qs:
+    return {}
+  q, pos = np.concatenate(qs), np.concatenate(poss)
+  passages = np.concatenate([pos] + negs)
+  return {"dev_avg_rank": average_rank(q, passages, mode), "dev_questions": float(len(q)),
+          "dev_passages": float(len(passages))}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricWriter:
+  """TensorBoard event files + WORKDIR/metrics.jsonl, written by process 0 only."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in metrics.items()}
+    for k, v in clean.items():
+      self._tb.add_scalar(k, v, step)
+    self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+    self._jsonl.flush()
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def _format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint after this step and exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+
+
+def save_run_info(workdir: str, config: ml_collections.ConfigDict, tokenizer: Tokenizer, bert: BertConfig) -> None:
+  """What export needs without the original paths: the config, tokenizer and architecture."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "config.json.tmp"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
+  with open(os.path.join(workdir, "bert_config.json.tmp"), "w", encoding="utf-8") as f:
+    json.dump(bert.to_dict(), f, indent=2)
+  os.replace(os.path.join(workdir, "bert_config.json.tmp"), os.path.join(workdir, "bert_config.json"))
+  tok_dir = os.path.join(workdir, "tokenizer")
+  if not os.path.isdir(tok_dir):
+    tokenizer.save(tok_dir + ".tmp")
+    os.replace(tok_dir + ".tmp", tok_dir)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) and returns the last logged metrics."""
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  logging.info("mesh: %d devices over %d processes (%s)", jax.device_count(), jax.process_count(),
+               jax.devices()[0].platform)
+
+  tokenizer, train_source, dev_source = build_data(config, workdir)
+  bert = encoder_configs(config, tokenizer)
+  batches = pipeline.TrainBatches(
+      train_source, tokenizer,
+      pipeline.PipelineConfig(
+          global_batch_size=config.batch_size, question_max_length=config.data.question_max_length,
+          passage_max_length=config.data.passage_max_length, num_hard_negatives=config.data.num_hard_negatives,
+          seed=config.seed, shuffle=True, shuffle_positives=config.data.shuffle_positives),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  total_steps = total_train_steps(config, batches.steps_per_epoch)
+  tx, lr_schedule = make_optimizer(config, total_steps)
+  save_run_info(workdir, config, tokenizer, bert)
+
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every,
+                                  async_save=config.async_checkpoints)
+  latest = ckpt.latest_step()
+  biencoder, params = build_biencoder(config, bert, load_weights=latest is None, mesh=mesh, abstract=latest is not None)
+  if latest is None:
+    opt_state = jax.jit(tx.init)(params)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+    state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
+  else:
+    abstract_opt = jax.eval_shape(tx.init, params)
+    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh)),
+                      "params": params,
+                      "opt_state": _abstract_opt_state(abstract_opt, params, mesh)}
+    state, data_state = ckpt.restore(latest, abstract_state)
+    expected = batches.fingerprint()
+    mismatch = {k: (data_state.get(k), v) for k, v in expected.items() if data_state.get(k) != v}
+    if mismatch:
+      raise TrainingError(f"{workdir}: checkpoint {latest} was written for other data/settings "
+                          f"(checkpoint vs now: {mismatch}); use a new workdir")
+    logging.info("resumed from checkpoint %d in %s", latest, ckpt.directory)
+
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  train_step = jax.jit(make_train_step(biencoder, tx, lr_schedule, config),
+                       in_shardings=(state_shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+                       out_shardings=(state_shardings, parallel.replicated(mesh)),
+                       donate_argnums=(0,))
+  eval_encode = jax.jit(make_eval_encode(biencoder, config))
+  rng = jax.random.key(config.seed)
+
+  writer = MetricWriter(workdir)
+  start = int(jax.device_get(state["step"]))
+  if start >= total_steps:
+    logging.info("already trained: step %d of %d", start, total_steps)
+  pending: list[dict] = []
+  last: dict = {}
+  t_last, step_last = time.time(), start
+  t0 = time.time()
+  step = start
+  try:
+    with _Preemption() as preemption:
+      for step_index, local in batches.iterate(start, total_steps, prefetch=config.prefetch):
+        batch = parallel.global_batch(local, mesh)
+        state, metrics = train_step(state, batch, rng)
+        pending.append(metrics)
+        step = step_index + 1
+        is_last = step == total_steps
+        if step % config.log_every == 0 or is_last:
+          last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)
+          pending, t_last, step_last = [], time.time(), step
+        if dev_source is not None and config.eval_every > 0 and (step % config.eval_every == 0 or is_last):
+          dev = validate(eval_encode, state["params"],
+                         pipeline.eval_batches(dev_source, tokenizer, batch_size=config.batch_size,
+                                               question_max_length=config.data.question_max_length,
+                                               passage_max_length=config.data.passage_max_length,
+                                               max_examples=config.eval_max_examples,
+                                               process_index=jax.process_index(),
+                                               process_count=jax.process_count()), mesh, config.mode)
+          if dev:
+            writer.write(step, dev)
+            logging.info("step %d: dev average rank %.3f (%d questions, %d passages)", step,
+                         dev["dev_avg_rank"], dev["dev_questions"], dev["dev_passages"])
+            last.update(dev)
+        stop = parallel.any_process(preemption.requested)
+        if ckpt.should_save(step) or is_last or stop:
+          if pending:  # never checkpoint parameters that came from a NaN loss
+            last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)
+            pending, t_last, step_last = [], time.time(), step
+          ckpt.save(step, state, {"next_step": step, **batches.fingerprint()}, force=True)
+          if config.testing_crash_after_step and step >= config.testing_crash_after_step:
+            ckpt.wait()
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: a hard crash right after a checkpoint
+        if stop:
+          logging.warning("preempted at step %d; checkpoint saved, exiting", step)
+          break
+  finally:
+    ckpt.close()
+    writer.close()
+    pipeline.log_fallbacks(batches)
+  last["step"] = step
+  return last
+
+
+def _abstract_opt_state(abstract_opt, params, mesh):
+  """Shardings for optimizer state: leaves shaped like a param take that param's sharding."""
+  by_shape = {}
+  for p in jax.tree.leaves(params):
+    by_shape.setdefault((p.shape, p.dtype), p.sharding)
+  rep = parallel.replicated(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=by_shape.get((a.shape, a.dtype), rep)),
+                      abstract_opt)
+
+
+def _log(writer: MetricWriter, pending: list[dict], step: int, total: int, batch_size: int,
+         t_last: float, step_last: int, t0: float, start: int) -> dict:
+  """Averages the metrics of the steps since the last log, checks for NaN, writes them."""
+  host = jax.device_get(pending)
+  averaged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+  if not all(math.isfinite(float(m["loss"])) for m in host):
+    bad = next(step - len(host) + 1 + i for i, m in enumerate(host) if not math.isfinite(float(m["loss"])))
+    raise TrainingError(f"loss is NaN/inf at step {bad}; stopping (no checkpoint written for it). "
+                        "Lower optim.learning_rate or check the data.")
+  now = time.time()
+  averaged["examples_per_s"] = (step - step_last) * batch_size / max(now - t_last, 1e-9)
+  writer.write(step, averaged)
+  rate = (step - start) / max(now - t0, 1e-9)
+  eta = (total - step) / rate if rate > 0 else float("inf")
+  logging.info("step %d/%d (%.1f%%) loss %.4f cand %.4f rerank %.4f beta %.3f lr %.3g |g| %.3f %.1f ex/s ETA %s",
+               step, total, 100.0 * step / total, averaged["loss"], averaged["loss_cand"], averaged["loss_rerank"],
+               averaged["beta"], averaged["lr"], averaged["grad_norm"], averaged["examples_per_s"], _format_eta(eta))
+  return averaged
+
+
+# ----------------------------------------------------------------------------- export support
+
+
+def restore_for_export(workdir: str, step: int | None = None):
+  """(question BertEncoder, passage BertEncoder, Tokenizer, settings) from a training workdir."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path}: not a bpr-jax training workdir (no config.json)")
+  with open(config_path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  bert = BertConfig.from_json(os.path.join(workdir, "bert_config.json"))
+  tokenizer = Tokenizer.from_dir(os.path.join(workdir, "tokenizer"))
+  mesh = parallel.make_mesh()
+  biencoder, abstract_params = build_biencoder(config, bert, load_weights=False, mesh=mesh, abstract=True)
+  ckpt = checkpoints.Checkpointer(workdir, keep=10**6, save_every=0, async_save=False)
+  try:
+    params = ckpt.restore_params(step, abstract_params)
+  finally:
+    ckpt.close()
+  params = jax.device_get(params)
+  q_model = biencoder.question_module(params)
+  p_model = biencoder.passage_module(params)
+  settings = {"mode": config.mode, "pooling": config.model.pooling,
+              "question_max_length": config.data.question_max_length,
+              "passage_max_length": config.data.passage_max_length,
+              "code_bits": bert.hidden_size, "hidden_size": bert.hidden_size,
+              "shared_encoder": bool(config.model.shared_encoder)}
+  return q_model, p_model, tokenizer, settings

@@ -1,0 +1,62 @@
+"""Tests for bpr_jax.codes: sign hashing and the documented bit layout."""
+import numpy as np
+import pytest
+
+from bpr_jax.codes import binarize, codes_to_uint32, pack_codes, unpack_codes
+
+
+def test_binarize_sign_zero_is_plus_one():
+  x = np.array([[-2.0, -0.0, 0.0, 1e-9, -1e-9, 3.0]], dtype=np.float32)
+  out = binarize(x)
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, [[-1, 1, 1, 1, -1, 1]])
+
+
+def test_pack_layout_is_big_endian_per_byte():
+  # Bit j lives in byte j // 8 at bit 7 - j % 8.
+  emb = -np.ones((1, 16), np.float32)
+  emb[0, 0] = 1.0  # byte 0, MSB
+  emb[0, 15] = 0.0  # byte 1, LSB (sign(0) = +1)
+  codes = pack_codes(emb)
+  assert codes.dtype == np.uint8 and codes.shape == (1, 2)
+  assert codes.tolist() == [[0b1000_0000, 0b0000_0001]]
+  rng = np.random.default_rng(0)
+  e = rng.standard_normal((5, 64)).astype(np.float32)
+  c = pack_codes(e)
+  for j in range(64):
+    bit = (c[:, j // 8] >> (7 - j % 8)) & 1
+    np.testing.assert_array_equal(bit, (e[:, j] >= 0).astype(np.uint8))
+
+
+def test_roundtrip_and_sizes():
+  rng = np.random.default_rng(1)
+  e = rng.standard_normal((7, 768)).astype(np.float32)
+  c = pack_codes(e)
+  assert c.shape == (7, 96)  # 96 bytes per passage at d=768
+  np.testing.assert_array_equal(unpack_codes(c), binarize(e))
+  assert unpack_codes(c).dtype == np.float32
+  np.testing.assert_array_equal(unpack_codes(c, d=764), binarize(e)[:, :764])
+
+
+def test_errors():
+  with pytest.raises(ValueError, match="multiple of 8"):
+    pack_codes(np.zeros((2, 12)))
+  with pytest.raises(ValueError, match="2-D"):
+    pack_codes(np.zeros(16))
+  with pytest.raises(ValueError, match="uint8"):
+    unpack_codes(np.zeros((2, 4), np.int32))
+  with pytest.raises(ValueError, match="does not match"):
+    unpack_codes(np.zeros((2, 4), np.uint8), d=40)
+  with pytest.raises(ValueError, match="multiple of 32"):
+    codes_to_uint32(np.zeros((2, 3), np.uint8))
+
+
+def test_uint32_hamming_matches_bytes():
+  rng = np.random.default_rng(2)
+  a = pack_codes(rng.standard_normal((4, 384)))
+  b = pack_codes(rng.standard_normal((6, 384)))
+  ham8 = np.unpackbits(a[:, None] ^ b[None], axis=-1).sum(-1)
+  a32, b32 = codes_to_uint32(a), codes_to_uint32(b)
+  assert a32.dtype == np.uint32 and a32.shape == (4, 12)
+  ham32 = np.array([[sum(bin(int(x)).count("1") for x in (p ^ q)) for q in b32] for p in a32])
+  np.testing.assert_array_equal(ham8, ham32)

@@ -1,0 +1,154 @@
+"""save_exported / load_exported / import_dpr with tiny random encoders."""
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from safetensors.numpy import save_file
+
+from bpr_jax import export
+from bpr_jax.models import hf
+from bpr_jax.models.bert import BertConfig, BertEncoder
+from bpr_jax.tokenization import Tokenizer
+
+WORDS = ["who", "what", "wrote", "is", "the", "a", "binary", "passage", "retriever",
+         "hash", "code", "paper", "title", "text", "about", "retrieval", "fast", "search"]
+QUESTIONS = ["who wrote the paper", "what is a binary code", "fast search", "hash"]
+TITLES = ["binary passage retriever", "", "hash code"]
+TEXTS = ["a paper about fast retrieval", "the text is about search", "what is the code"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """(tokenizer, config, question encoder, passage encoder, settings)."""
+  vocab_dir = tmp_path_factory.mktemp("vocab")
+  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  (vocab_dir / "vocab.txt").write_text("\n".join(specials + WORDS) + "\n")
+  tokenizer = Tokenizer.from_dir(vocab_dir)
+  config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
+  q = BertEncoder(config, rngs=nnx.Rngs(0))
+  p = BertEncoder(config, rngs=nnx.Rngs(1))
+  settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8,
+              "passage_max_length": 16, "code_bits": 32, "hidden_size": 32,
+              "shared_encoder": False}
+  return tokenizer, config, q, p, settings
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+  tokenizer, _, q, p, settings = tiny
+  out = tmp_path_factory.mktemp("export") / "model"
+  export.save_exported(q, p, tokenizer, settings, out)
+  return out
+
+
+def _direct(model, batch):
+  return np.asarray(model(*(jnp.asarray(batch[k]) for k in
+                            ("input_ids", "attention_mask", "token_type_ids"))))
+
+
+def test_layout(exported, tiny):
+  for name in ("question_encoder", "passage_encoder"):
+    files = {p.name for p in (exported / name).iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
+  settings = json.loads((exported / export.SETTINGS_FILE).read_text())
+  for key, value in tiny[4].items():
+    assert settings[key] == value
+  assert not any(p.name.startswith(".") for p in exported.parent.iterdir())
+
+
+def test_round_trip_and_encode(exported, tiny):
+  tokenizer, config, q, p, settings = tiny
+  model = export.load_exported(exported)
+  assert model.settings["mode"] == "bpr" and model.question_encoder.config == config
+  q_vecs = model.encode_questions(QUESTIONS, batch_size=3)  # 3 + 1 padded rows
+  assert q_vecs.shape == (4, 32) and q_vecs.dtype == np.float32
+  expected = _direct(q, tokenizer.questions(QUESTIONS, 8))
+  np.testing.assert_allclose(q_vecs, expected, atol=1e-5)
+  p_vecs = model.encode_passages(TITLES, TEXTS)
+  assert p_vecs.shape == (3, 32)
+  np.testing.assert_allclose(p_vecs, _direct(p, tokenizer.passages(TITLES, TEXTS, 16)), atol=1e-5)
+  assert np.abs(p_vecs - _direct(q, tokenizer.passages(TITLES, TEXTS, 16))).max() > 1e-3
+  assert model.encode_questions([]).shape == (0, 32)
+
+
+def test_passage_encoder_loads_in_transformers(exported, tiny):
+  tokenizer = tiny[0]
+  batch = tokenizer.passages(TITLES, TEXTS, 16)
+  tm = transformers.BertModel.from_pretrained(str(exported / "passage_encoder"),
+                                              add_pooling_layer=False).eval()
+  with torch.no_grad():
+    out = tm(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
+  expected = out.last_hidden_state[:, 0].numpy()
+  ours = export.load_exported(exported).encode_passages(TITLES, TEXTS)
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+  hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported / "passage_encoder"))
+  assert hf_tok("binary passage", "about search")["input_ids"] == \
+      tokenizer.passages(["binary passage"], ["about search"], 7)["input_ids"][0].tolist()
+
+
+def test_shared_encoder_and_mean_pooling(tmp_path, tiny):
+  tokenizer, config, q, _, settings = tiny
+  mean = BertEncoder(config, pooling="mean", rngs=nnx.Rngs(2))
+  shared = {**settings, "shared_encoder": True, "pooling": "mean", "mode": "dpr", "code_bits": 0}
+  export.save_exported(mean, mean, tokenizer, shared, tmp_path / "m")
+  model = export.load_exported(tmp_path / "m")
+  assert model.question_encoder is model.passage_encoder
+  batch = tokenizer.questions(QUESTIONS, 8)
+  np.testing.assert_allclose(model.encode_questions(QUESTIONS), _direct(mean, batch), atol=1e-5)
+  with pytest.raises(ValueError, match="pooling"):
+    export.save_exported(q, q, tokenizer, shared, tmp_path / "bad")
+  assert not (tmp_path / "bad").exists()
+
+
+def test_errors(tmp_path, exported, tiny):
+  tokenizer, _, q, p, settings = tiny
+  with pytest.raises(FileNotFoundError, match="not found"):
+    export.load_exported(tmp_path / "absent")
+  with pytest.raises(FileNotFoundError, match="bpr.json"):
+    export.load_exported(tmp_path)
+  with pytest.raises(ValueError, match="missing settings code_bits"):
+    export.save_exported(q, p, tokenizer, {k: v for k, v in settings.items() if k != "code_bits"},
+                         tmp_path / "x")
+  with pytest.raises(ValueError, match="mode"):
+    export.save_exported(q, p, tokenizer, {**settings, "mode": "colbert"}, tmp_path / "x")
+  with pytest.raises(ValueError, match="hidden_size"):
+    export.save_exported(q, p, tokenizer, {**settings, "hidden_size": 64}, tmp_path / "x")
+  broken = tmp_path / "broken"
+  export.save_exported(q, p, tokenizer, settings, broken)
+  (broken / "passage_encoder" / "model.safetensors").unlink()
+  with pytest.raises(FileNotFoundError, match="passage_encoder"):
+    export.load_exported(broken)
+  for piece in ("passage_encoder", "question_encoder"):
+    shutil.rmtree(broken / piece)
+    with pytest.raises(FileNotFoundError, match=piece):
+      export.load_exported(broken)
+  (broken / "bpr.json").write_text("{not json")
+  with pytest.raises(ValueError, match="bpr.json"):
+    export.load_exported(broken)
+
+
+def test_import_dpr(tmp_path, tiny):
+  tokenizer, config, q, p, _ = tiny
+  ckpt = tmp_path / "dpr"
+  ckpt.mkdir()
+  tensors = {f"question_encoder.bert_model.{k}": v for k, v in hf.state_dict_from_bert(q).items()}
+  tensors.update({f"ctx_encoder.bert_model.{k}": v for k, v in hf.state_dict_from_bert(p).items()})
+  save_file(tensors, str(ckpt / "model.safetensors"))
+  (ckpt / "config.json").write_text(json.dumps({**config.to_dict(), "model_type": "dpr",
+                                                "projection_dim": 0}))
+  vocab_dir = tmp_path / "vocab"
+  tokenizer.save(vocab_dir)
+  export.import_dpr(ckpt, tmp_path / "out", tokenizer_dir=vocab_dir, max_length=16)
+  model = export.load_exported(tmp_path / "out")
+  assert model.settings["code_bits"] == 32 and model.settings["passage_max_length"] == 16
+  np.testing.assert_allclose(model.encode_passages(TITLES, TEXTS),
+                             _direct(p, tokenizer.passages(TITLES, TEXTS, 16)), atol=1e-5)
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    (ckpt / "config.json").unlink()
+    export.import_dpr(ckpt, tmp_path / "out2", tokenizer_dir=vocab_dir)

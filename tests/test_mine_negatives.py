@@ -1,0 +1,84 @@
+"""Tests for bpr_jax.mine_negatives (BM25 hard negatives with bm25s)."""
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+from bpr_jax import mine_negatives
+from bpr_jax.data.beir import BeirSource, load_qrels
+from bpr_jax.data.dpr import DprJsonSource
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_has_answer():
+  assert mine_negatives.has_answer("The painter Léonardo da Vinci.", ["leonardo da vinci"])
+  assert not mine_negatives.has_answer("Leonardo the turtle", ["Leonardo da Vinci"])
+  assert not mine_negatives.has_answer("Parisian life", ["Paris"])
+  assert mine_negatives.has_answer("in Paris, France", ["", "paris"])
+
+
+def test_mine_scifact_command(tmp_path, scifact_dir):
+  out = tmp_path / "scifact_train_bm25.json"
+  start = time.perf_counter()
+  proc = subprocess.run(
+      [sys.executable, "-m", "bpr_jax.mine_negatives", f"--beir_dir={scifact_dir}", "--split=train",
+       f"--output={out}", "--num_hard_negatives=30"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  elapsed = time.perf_counter() - start
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  print(f"mined SciFact train in {elapsed:.1f}s (process wall time): {proc.stdout.strip()}")
+  assert elapsed < 120
+  assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
+  records = json.loads(out.read_text())
+  qrels = load_qrels(scifact_dir, "train")
+  assert len(records) == 809
+  for r in records:
+    assert set(r) == {"qid", "question", "answers", "positive_ctxs", "negative_ctxs", "hard_negative_ctxs"}
+    positives = {d for d, s in qrels[r["qid"]].items() if s > 0}
+    assert {c["passage_id"] for c in r["positive_ctxs"]} == positives
+    hard = [c["passage_id"] for c in r["hard_negative_ctxs"]]
+    assert len(hard) == 30 == len(set(hard)) and not set(hard) & positives
+    scores = [c["score"] for c in r["hard_negative_ctxs"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(set(c) == {"title", "text", "passage_id", "score"} for c in r["hard_negative_ctxs"])
+  src = DprJsonSource(out)
+  assert len(src) == 809 and src[0].qid == records[0]["qid"]
+  beir = BeirSource(scifact_dir, "train", hard_negatives_json=out)
+  assert all(len(beir[i].hard_negatives) == 30 for i in range(len(beir)))
+
+
+def test_mine_qas_fixture(tmp_path):
+  records, stats = mine_negatives.mine_qas(
+      str(FIXTURES / "nq_qas_small.csv"), str(FIXTURES / "psgs_small.tsv"), num_hard_negatives=3, depth=12)
+  assert stats.num_questions == 5 and stats.num_written == 5 and stats.num_without_positive == 0
+  by_q = {r["question"]: r for r in records}
+  r = by_q["where is the eiffel tower"]
+  assert r["answers"] == ["Paris"]
+  assert {c["passage_id"] for c in r["positive_ctxs"]} == {"3", "9", "12"}
+  for r in records:
+    assert len(r["hard_negative_ctxs"]) == 3
+    for c in r["hard_negative_ctxs"]:
+      assert not mine_negatives.has_answer(c["title"] + " " + c["text"], r["answers"])
+    for c in r["positive_ctxs"]:
+      assert mine_negatives.has_answer(c["text"], r["answers"])
+  assert by_q["who wrote the song blue moon"]["positive_ctxs"][0]["passage_id"] == "4"
+  out = tmp_path / "qa.json"
+  mine_negatives.write_records(str(out), records)
+  assert [e.question for e in DprJsonSource(out)] == [r["question"] for r in records]
+
+
+def test_mine_qas_skips_unanswerable(tmp_path):
+  qas = tmp_path / "q.csv"
+  qas.write_text("who discovered penicillin\t['Alexander Fleming']\nwhere is the eiffel tower\t['Paris']\n")
+  out = tmp_path / "o.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "bpr_jax.mine_negatives", f"--dpr_qas={qas}",
+       f"--passages={FIXTURES / 'psgs_small.tsv'}", f"--output={out}", "--num_hard_negatives=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "wrote 1 of 2 questions" in proc.stdout and "1 without a positive" in proc.stdout
+  records = json.loads(out.read_text())
+  assert [r["question"] for r in records] == ["where is the eiffel tower"]
