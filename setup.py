@@ -26,6 +26,7 @@ setup(
         "bm25s>=0.2.6",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        "importlib_resources>=6",  # tensorflow-datasets needs it on Python >= 3.9 for package builders
         "fastapi>=0.110",
         "uvicorn>=0.29",
     ],

@@ -232,7 +232,8 @@ def main(argv: Sequence[str]) -> None:
   """Exports the trained encoders of a training workdir."""
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-  from bpr_jax import train
+  from bpr_jax import console, train
+  console.quiet_libraries()
   q_model, p_model, tokenizer, settings = train.restore_for_export(FLAGS.workdir, FLAGS.step)
   save_exported(q_model, p_model, tokenizer, settings, FLAGS.output)
   print(f"exported {FLAGS.workdir} to {FLAGS.output}")

@@ -6,12 +6,13 @@ JAX's own detection under Slurm and on TPU pods.
 """
 from __future__ import annotations
 
-import logging as logging_std
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from bpr_jax import console
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
@@ -43,18 +44,11 @@ def initialize_distributed(env=os.environ) -> None:
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops INFO records of orbax (dozens of lines per checkpoint) from the console."""
-
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_libraries()
   initialize_distributed()
   from bpr_jax import train  # after distributed init: importing jax work must follow it
   try:

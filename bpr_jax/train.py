@@ -404,9 +404,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latest = ckpt.latest_step()
   biencoder, params = build_biencoder(config, bert, load_weights=latest is None, mesh=mesh, abstract=latest is not None)
   if latest is None:
-    opt_state = jax.jit(tx.init)(params)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
-    state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
+    # Explicit out_shardings: scalars such as Adam's count must live on the mesh (replicated),
+    # not on one default device, or the jitted step gets arguments on incompatible devices.
+    opt_shardings = jax.tree.map(lambda a: a.sharding, _abstract_opt_state(jax.eval_shape(tx.init, params), params, mesh))
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    step0 = jax.device_put(np.zeros((), np.int32), parallel.replicated(mesh))
+    state = {"step": step0, "params": params, "opt_state": opt_state}
   else:
     abstract_opt = jax.eval_shape(tx.init, params)
     abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh)),
