@@ -17,16 +17,25 @@ Stages (each caches its output in --work_dir, so re-running skips finished work)
                 minilm-lsh              faiss IndexLSH, 384 random hyperplanes (random rotation)
                                         on the float vectors (evaluate.float_systems 'lsh')
                 minilm-pq               faiss IndexPQ 48 x 8 bits, ADC (evaluate.float_systems 'pq')
-  finetuned   reads the evaluate.py JSON of fine-tuned BPR / DPR runs (see configs/scifact.py for
-              the commands) and adds their rows: bpr-flat, bpr-hash, bpr-no-rerank,
-              bpr-no-candidates, dpr-flat, dpr-hnsw, dpr-lsh, dpr-pq, dpr-sign.
-  report      writes benchmarks/results/scifact.{json,md} from every row measured so far.
+  crosscheck  compares the first 16 cached query / document embeddings with transformers'
+              BertModel + mean pooling (torch), an independent check of encoder and tokeniser.
+  finetune    runs the project's commands (configs/scifact.py docstring) for BPR and DPR from
+              MiniLM with the same seed, batch and steps: mine_negatives, main (train, timed),
+              export, encode --save_float, index (flat; hash for BPR), evaluate --k=10,100
+              (DPR also with the float baselines flat_ip/hnsw/lsh/pq). Rows: bpr-flat, bpr-hash,
+              bpr-no-rerank, bpr-no-candidates (flat index ablations), dpr-flat (exact inner
+              product), dpr-hnsw, dpr-lsh, dpr-pq, dpr-sign (two-stage search over the signs of
+              DPR's embeddings). --override a.b=v passes --config.a.b=v to training.
+  report      writes benchmarks/results/scifact.{json,md} from every row measured so far; rows
+              not measured are listed under "not run".
 
 Paths come from the environment: $BPR_SHARED_DIR (default ../shared beside the repo) holds
 models/all-MiniLM-L6-v2 and data/scifact.
 
   OPENBLAS_NUM_THREADS=1 nice python benchmarks/scifact.py --stage=encode --work_dir=/tmp/scifact
   python benchmarks/scifact.py --stage=untrained --work_dir=/tmp/scifact
+  python benchmarks/scifact.py --stage=crosscheck --work_dir=/tmp/scifact
+  python benchmarks/scifact.py --stage=finetune --work_dir=/tmp/scifact      # hours on 2 CPU cores
   python benchmarks/scifact.py --stage=report --work_dir=/tmp/scifact
 """
 from __future__ import annotations
@@ -155,20 +164,349 @@ def stage_encode(work: pathlib.Path, formats, batch_size: int) -> None:
     timing.write_text(json.dumps(times, indent=2))
 
 
+# ----------------------------------------------------------------------------- untrained rows
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float32)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def load_questions(work: pathlib.Path):
+  from bpr_jax.evaluate import load_beir
+  beir_dir = shared_dir() / "data" / "scifact"
+  ids = [str(i) for i in np.load(work / "doc_ids.npy").tolist()]
+  questions = load_beir(beir_dir, "test", ids)
+  cached = json.loads((work / "query_ids_test.json").read_text())
+  if cached != questions.qids:
+    raise ValueError(f"{work}: cached query order differs from the qrels; delete the cache")
+  return ids, questions
+
+
+def untrained_rows(work: pathlib.Path, fmt: str, num_single: int) -> list[dict]:
+  """The minilm-* rows for one document format, from the cached embeddings."""
+  import faiss
+  from bpr_jax import evaluate
+  from bpr_jax.codes import pack_codes
+  from bpr_jax.index import BinaryIndex
+  ids, questions = load_questions(work)
+  q = np.load(work / "emb_queries_test.npy")
+  d = np.load(work / f"emb_docs_{fmt}.npy")
+  if d.shape != (len(ids), 384) or q.shape != (len(questions.qids), 384):
+    raise ValueError(f"cached embeddings have shapes {q.shape}, {d.shape}")
+  if not (np.isfinite(q).all() and np.isfinite(d).all()):
+    raise ValueError("cached embeddings contain NaN/inf")
+  qn, dn = l2_normalize(q), l2_normalize(d)
+  scorer = evaluate.Scorer(questions, np.asarray(ids), ks=(10, 100))
+  ids_bytes = int(np.asarray(ids).astype(np.int64).nbytes)  # SciFact ids are integers
+
+  index = BinaryIndex.from_arrays(pack_codes(d), ids, kind="flat")
+  sign = evaluate.bpr_systems(index, l=1000)
+  renamed = {"bpr-flat": "minilm-sign-two-stage", "bpr-flat-no-rerank": "minilm-sign",
+             "bpr-flat-no-candidates": "minilm-sign-rerank-all"}
+  for s in sign:
+    s.name = renamed[s.name]
+  floats = evaluate.float_systems(dn, 384, ["flat_ip", "lsh", "pq"], ids_bytes)
+  for s in floats:
+    s.name = {"flat_ip": "minilm-float", "lsh": "minilm-lsh", "pq": "minilm-pq"}[s.name]
+  dot = evaluate.float_systems(d, 384, ["flat_ip"], ids_bytes)[0]
+  dot.name = "minilm-float-dot"
+  by_name = {s.name: s for s in sign + floats + [dot]}
+  order = ["minilm-float", "minilm-sign", "minilm-sign-two-stage", "minilm-lsh", "minilm-pq",
+           "minilm-float-dot", "minilm-sign-rerank-all"]
+  # The sign rows search with the raw question vector (its scale changes no ranking); the
+  # float rows with the normalised one (cosine), except minilm-float-dot (raw inner product).
+  rows = []
+  for name in order:
+    qv = q if name.startswith("minilm-sign") or name == "minilm-float-dot" else qn
+    row = evaluate.evaluate_systems([by_name[name]], qv, scorer, num_single, log=None)[0]
+    row["doc_format"] = fmt
+    row["primary"] = name in ROW_NAMES
+    ref = REFERENCE.get(fmt, {}).get(name)
+    if ref is not None:
+      row["reference_ndcg@10"], row["reference_recall@100"] = ref
+      row["delta_ndcg@10"] = round(row["ndcg@10"] - ref[0], 4)
+      row["delta_recall@100"] = round(row["recall@100"] - ref[1], 4)
+      tol = 0.005 if name not in RANDOM_ROWS else 0.015
+      row["reproduced"] = bool(abs(row["delta_ndcg@10"]) <= tol and abs(row["delta_recall@100"]) <= tol)
+      row["tolerance"] = tol
+    log(f"{fmt:6s} {name:24s} nDCG@10 {row['ndcg@10']:.4f} R@10 {row['recall@10']:.4f} "
+        f"R@100 {row['recall@100']:.4f}" + (f"  (ref {ref[0]:.4f} / {ref[1]:.3f})" if ref else ""))
+    rows.append(row)
+  return rows
+
+
+def stage_untrained(work: pathlib.Path, formats, num_single: int) -> None:
+  out = {}
+  for fmt in formats:
+    if not (work / f"emb_docs_{fmt}.npy").exists():
+      log(f"no {fmt} embeddings yet (run --stage=encode); skipped")
+      continue
+    out[fmt] = untrained_rows(work, fmt, num_single)
+  path = work / "untrained_rows.json"
+  old = json.loads(path.read_text()) if path.exists() else {}
+  old.update(out)
+  path.write_text(json.dumps(old, indent=2) + "\n")
+  log(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- cross-check
+
+
+def stage_crosscheck(work: pathlib.Path, formats, n: int = 16) -> None:
+  """Compares the first n cached embeddings with transformers' BertModel + mean pooling (torch).
+
+  An independent check of our encoder, tokenisation and pooling; skipped without torch.
+  """
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    log("crosscheck: torch/transformers not installed; skipped")
+    return
+  from bpr_jax.tokenization import Tokenizer
+  model_dir = shared_dir() / "models" / "all-MiniLM-L6-v2"
+  ids, titles, texts, questions = load_data(shared_dir() / "data" / "scifact")
+  tokenizer = Tokenizer.from_dir(model_dir)
+  model = transformers.BertModel.from_pretrained(str(model_dir), add_pooling_layer=False).eval()
+
+  def hf_mean(tokens: dict) -> np.ndarray:
+    with torch.no_grad():
+      t = {k: torch.as_tensor(v[:n], dtype=torch.long) for k, v in tokens.items()}
+      hidden = model(**t).last_hidden_state
+      mask = t["attention_mask"][..., None].float()
+      return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+
+  result = {}
+  cases = [("queries", tokenizer.questions(questions.texts[:n], MAX_LENGTH), "emb_queries_test.npy")]
+  cases += [(f"docs_{f}", doc_tokens(tokenizer, titles[:n], texts[:n], f), f"emb_docs_{f}.npy") for f in formats]
+  for name, tokens, file in cases:
+    if not (work / file).exists():
+      continue
+    ours = np.load(work / file)[:n]
+    ref = hf_mean(tokens)
+    cos = np.sum(l2_normalize(ours) * l2_normalize(ref), axis=1)
+    result[name] = {"n": n, "max_abs_diff": float(np.max(np.abs(ours - ref))),
+                    "min_cosine": float(cos.min())}
+    log(f"crosscheck {name}: max |ours - transformers| {result[name]['max_abs_diff']:.2e}, "
+        f"min cosine {result[name]['min_cosine']:.7f}")
+  result["reference"] = f"transformers {transformers.__version__} BertModel (torch {torch.__version__}), mean pooling"
+  (work / "crosscheck.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- fine-tuned rows
+
+# evaluate.py row name -> benchmark row name, per (mode, index kind).
+FINETUNED_NAMES = {
+    ("bpr", "flat"): {"bpr-flat": "bpr-flat", "bpr-flat-no-rerank": "bpr-no-rerank",
+                      "bpr-flat-no-candidates": "bpr-no-candidates"},
+    ("bpr", "hash"): {"bpr-hash": "bpr-hash"},
+    # DPR: float baselines over its float embeddings; dpr-sign = BPR-style two-stage search
+    # (Hamming top-1000 + <e_q, sign(e_p)> rerank) over the signs of DPR's embeddings.
+    ("dpr", "flat"): {"flat_ip": "dpr-flat", "hnsw": "dpr-hnsw", "lsh": "dpr-lsh", "pq": "dpr-pq",
+                      "bpr-flat": "dpr-sign"},
+}
+
+
+def run_command(cmd: list[str], env: dict, log_path: pathlib.Path) -> float:
+  """Runs a project command (output to log_path); returns its wall time in seconds."""
+  import subprocess
+  log(" ".join(cmd))
+  t0 = time.perf_counter()
+  with open(log_path, "a", encoding="utf-8") as f:
+    f.write("$ " + " ".join(cmd) + "\n")
+    f.flush()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
+  secs = time.perf_counter() - t0
+  if proc.returncode:
+    raise SystemExit(f"command failed ({proc.returncode}), see {log_path}: {' '.join(cmd)}")
+  return secs
+
+
+def stage_finetune(work: pathlib.Path, modes, overrides: list[str]) -> None:
+  """Mine, train, export, encode, index and evaluate with the project's commands."""
+  py = sys.executable
+  beir = shared_dir() / "data" / "scifact"
+  corpus = beir / "corpus.jsonl"
+  hn = work / "hard_negatives_train.json"
+  env = dict(os.environ, BPR_SHARED_DIR=str(shared_dir()), BPR_SCIFACT_HARD_NEGATIVES=str(hn))
+  env.setdefault("OPENBLAS_NUM_THREADS", "1")
+  work.mkdir(parents=True, exist_ok=True)
+  if not hn.exists():
+    run_command([py, "-m", "bpr_jax.mine_negatives", f"--beir_dir={beir}", "--split=train",
+                 f"--output={hn}"], env, work / "mine.log")
+  for mode in modes:
+    d = work / f"ft-{mode}"
+    d.mkdir(exist_ok=True)
+    times_path = d / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+
+    def step(name, cmd, done: pathlib.Path):
+      if done.exists() and name in times:
+        log(f"{mode} {name}: done ({times[name]:.0f}s); skipped")
+        return
+      times[name] = run_command(cmd, env, d / f"{name}.log")
+      times_path.write_text(json.dumps(times, indent=2) + "\n")
+
+    step("train", [py, "-m", "bpr_jax.main", "--config=configs/scifact.py", f"--workdir={d / 'train'}",
+                   f"--config.mode={mode}"] + [f"--config.{o}" for o in overrides], d / "train" / "config.json")
+    step("export", [py, "-m", "bpr_jax.export", f"--workdir={d / 'train'}", f"--output={d / 'model'}"],
+         d / "model" / "bpr.json")
+    step("encode", [py, "-m", "bpr_jax.encode", f"--model={d / 'model'}", f"--passages={corpus}",
+                    f"--output={d / 'codes'}", "--save_float", "--batch_size=32"], d / "codes" / "manifest.json")
+    kinds = ("flat", "hash") if mode == "bpr" else ("flat",)
+    for kind in kinds:
+      step(f"index-{kind}", [py, "-m", "bpr_jax.index", f"--codes={d / 'codes'}", f"--kind={kind}",
+                             f"--output={d / f'index-{kind}'}"], d / f"index-{kind}" / "meta.json")
+      baselines = "flat_ip,hnsw,lsh,pq" if mode == "dpr" else ""
+      step(f"evaluate-{kind}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}",
+                                f"--index={d / f'index-{kind}'}", f"--passages={corpus}",
+                                f"--beir_dir={beir}", "--split=test", "--k=10,100",
+                                f"--baselines={baselines}", f"--embeddings={d / 'codes'}",
+                                "--num_single=50", f"--output={d / f'eval-{kind}.json'}"],
+           d / f"eval-{kind}.json")
+
+
+def finetuned_rows(work: pathlib.Path) -> list[dict]:
+  rows = []
+  for (mode, kind), names in FINETUNED_NAMES.items():
+    d = work / f"ft-{mode}"
+    path = d / f"eval-{kind}.json"
+    if not path.exists():
+      continue
+    times = json.loads((d / "times.json").read_text())
+    config = json.loads((d / "train" / "config.json").read_text())
+    steps = [json.loads(l)["step"] for l in (d / "train" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    for r in json.loads(path.read_text()):
+      key = "pq" if r["name"].startswith("pq") else r["name"]  # 'pqB' when N < 256 (B bits)
+      if key not in names:
+        continue
+      row = dict(r, name=names[key], evaluate_row=r["name"], mode=mode,
+                 train_steps=max(steps) if steps else None, batch_size=config["batch_size"],
+                 seed=config["seed"], question_max_length=config["data"]["question_max_length"],
+                 passage_max_length=config["data"]["passage_max_length"],
+                 training_s=round(times["train"]), corpus_encode_s=round(times["encode"]))
+      rows.append(row)
+  return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt_num(v, digits=4):
+  if isinstance(v, bool) or v is None:
+    return "" if v is None else ("yes" if v else "NO")
+  if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
+    return str(int(v))
+  if isinstance(v, float):
+    return f"{v:.{digits}f}"
+  return str(v)
+
+
+def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
+  import jax
+  untrained = json.loads((work / "untrained_rows.json").read_text()) if (work / "untrained_rows.json").exists() else {}
+  finetuned = finetuned_rows(work)
+  cross = json.loads((work / "crosscheck.json").read_text()) if (work / "crosscheck.json").exists() else None
+  enc_times = json.loads((work / "encode_times.json").read_text()) if (work / "encode_times.json").exists() else {}
+  rows = [r for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
+  measured = {r["name"] for r in rows}
+  not_run = [n for n in ROW_NAMES if n not in measured]
+  result = {
+      "benchmark": "scifact", "split": "test", "num_queries": 300, "num_docs": 5183,
+      "max_length": MAX_LENGTH, "jax_version": jax.__version__, "backend": jax.default_backend(),
+      "cpu_count": os.cpu_count(), "platform": platform.platform(),
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "notes": [
+          "2-core CPU shared with other agents' jobs: ms/query and encode/training times are noisy.",
+          "Untrained rows: all-MiniLM-L6-v2 as released, float32, mean pooling, length 256; queries "
+          "single sequences; documents in two formats (doc_format 'single': title + ' ' + text as one "
+          "string; 'pair': [CLS] title [SEP] text [SEP]).",
+          "minilm-float is cosine (L2-normalised vectors, IndexFlatIP); minilm-float-dot the raw inner "
+          "product. minilm-pq is faiss IndexPQ(384, 48, 8) (L2 ADC) over the normalised vectors; "
+          "minilm-lsh is faiss IndexLSH(384, 384, rotate_data=True) (random rotation, sign). Both are "
+          "randomised (faiss fixed seeds), so their reference tolerance is 0.015 instead of 0.005.",
+          "minilm-sign: Hamming order of sign codes (flat binary index, ties in faiss order); "
+          "minilm-sign-two-stage: Hamming top-1000 reranked by <e_q, sign(e_p)>; "
+          "minilm-sign-rerank-all: every document scored by <e_q, sign(e_p)>.",
+      ],
+      "doc_encode_seconds": enc_times,
+      "crosscheck_vs_transformers": cross,
+      "rows": rows,
+      "not_run": not_run,
+  }
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "scifact.json").write_text(json.dumps(result, indent=2) + "\n")
+
+  lines = ["# SciFact (BEIR test: 300 queries, 5,183 documents)", "",
+           "Produced by `benchmarks/scifact.py` (see its docstring for the commands). "
+           "Every number below is measured by it; nothing is copied from elsewhere except the "
+           "`ref` columns (reference values from the task brief, shown for comparison).", ""]
+  lines += [f"- {n}" for n in result["notes"]]
+  lines.append("")
+  cols = ["name", "ndcg@10", "recall@10", "recall@100", "ref ndcg@10", "ref recall@100", "reproduced",
+          "bytes_per_passage", "index_bytes", "ms_per_query", "ms_per_query_single"]
+  for fmt in DOC_FORMATS:
+    if fmt not in untrained:
+      continue
+    lines += [f"## MiniLM-L6-v2 as released, documents as `{fmt}`", "",
+              "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in untrained[fmt]:
+      vals = [r["name"], r["ndcg@10"], r["recall@10"], r["recall@100"], r.get("reference_ndcg@10"),
+              r.get("reference_recall@100"), r.get("reproduced"), r["bytes_per_passage"], r["index_bytes"],
+              r["ms_per_query"], r["ms_per_query_single"]]
+      lines.append("| " + " | ".join(fmt_num(v) for v in vals) + " |")
+    lines.append("")
+  if finetuned:
+    cols2 = ["name", "ndcg@10", "recall@10", "recall@100", "bytes_per_passage", "index_bytes",
+             "ms_per_query", "ms_per_query_single", "train_steps", "training_s"]
+    lines += ["## Fine-tuned from MiniLM (configs/scifact.py)", "",
+              "| " + " | ".join(cols2) + " |", "|" + "|".join("---" for _ in cols2) + "|"]
+    for r in finetuned:
+      lines.append("| " + " | ".join(fmt_num(r.get(c)) for c in cols2) + " |")
+    lines.append("")
+  if cross:
+    lines += ["## Encoder cross-check", "", f"First {cross.get('queries', {}).get('n', '')} rows of each "
+              f"cached embedding matrix against {cross['reference']}:", ""]
+    for k, v in cross.items():
+      if isinstance(v, dict):
+        lines.append(f"- {k}: max |diff| {v['max_abs_diff']:.2e}, min cosine {v['min_cosine']:.7f}")
+    lines.append("")
+  if enc_times:
+    lines += ["Document encoding time (5,183 docs, length 256, JAX on this CPU): "
+              + ", ".join(f"{k} {v:.0f}s" for k, v in enc_times.items()), ""]
+  lines += ["## Not run", "", ", ".join(not_run) if not_run else "(none)", ""]
+  (out_dir / "scifact.md").write_text("\n".join(lines))
+  log(f"wrote {out_dir / 'scifact.json'} and {out_dir / 'scifact.md'}")
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--stage", choices=("encode", "untrained", "finetuned", "report", "all"), default="all")
+  p.add_argument("--stage", choices=("encode", "untrained", "crosscheck", "finetune", "report", "all"), default="all")
   p.add_argument("--work_dir", default=os.environ.get("BPR_SCIFACT_WORK", "/tmp/bpr-scifact-bench"))
   p.add_argument("--formats", default="single,pair")
   p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--num_single", type=int, default=50, help="questions timed one at a time")
+  p.add_argument("--modes", default="bpr,dpr", help="finetune: which models to train")
+  p.add_argument("--override", action="append", default=[],
+                 help="finetune: extra config override a.b=v (repeatable), e.g. num_train_steps=100")
+  p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
   args = p.parse_args(argv)
   work = pathlib.Path(args.work_dir)
   formats = [f for f in args.formats.split(",") if f]
   if args.stage in ("encode", "all"):
     stage_encode(work, formats, args.batch_size)
+  if args.stage in ("untrained", "all"):
+    stage_untrained(work, formats, args.num_single)
+  if args.stage in ("crosscheck", "all"):
+    stage_crosscheck(work, formats)
+  if args.stage == "finetune":
+    stage_finetune(work, [m for m in args.modes.split(",") if m], args.override)
+  if args.stage in ("report", "all"):
+    stage_report(work, pathlib.Path(args.results_dir))
 
 
 if __name__ == "__main__":

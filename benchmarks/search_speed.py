@@ -75,6 +75,8 @@ def _args(argv=None):
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
+  p.add_argument("--rebuild_md", action="store_true",
+                 help="Rewrite the .md from the existing .json without running.")
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one N, print JSON
   a = p.parse_args(argv)
   if a.small:
@@ -193,8 +195,8 @@ def run_one(a) -> dict:
     from bpr_jax.codes import unpack_codes
     rng = np.random.default_rng(a.seed + 1)
     fl = faiss.IndexFlatIP(D)
-    for s in range(0, n, GEN_CHUNK):
-      block = unpack_codes(codes[s:s + GEN_CHUNK])
+    for s in range(0, n, GEN_CHUNK // 8):
+      block = unpack_codes(codes[s:s + GEN_CHUNK // 8])
       block += 0.5 * rng.standard_normal(block.shape, dtype=np.float32)
       fl.add(block)
       del block
@@ -260,22 +262,24 @@ def markdown(results: list[dict], args) -> str:
           x["index_bytes_per_passage"], x.get("top10_overlap_vs_flat", ""),
           x.get("found_k_fraction", ""), x.get("build_s", ""), r["peak_rss_mb"]]) + " |")
   big = max(results, key=lambda r: r["n"])
-  best = min((x for x in big["rows"] if x["name"].startswith("bpr-")),
-             key=lambda x: x["ms_per_query"])
   flat = next((x for x in big["rows"] if x["name"] == "bpr-flat"), None)
-  lines += ["", f"Targets at N={fmt_size(big['n'])}:",
-            f"- two-stage <= {TARGET_MS_21M} ms/query batched: best {best['name']} "
-            f"{best['ms_per_query']} ms -> {'met' if best['ms_per_query'] <= TARGET_MS_21M else 'NOT met'}"
-            + (f"; bpr-flat {flat['ms_per_query']} ms" if flat else "")]
-  if "speedup_vs_float_flat" in best:
-    lines.append(f"- >= {TARGET_SPEEDUP:.0f}x faster than float flat: {best['name']} "
-                 f"{best['speedup_vs_float_flat']}x -> "
-                 f"{'met' if best['speedup_vs_float_flat'] >= TARGET_SPEEDUP else 'NOT met'}"
-                 + (f"; bpr-flat {flat.get('speedup_vs_float_flat')}x" if flat else ""))
-  if flat:
-    lines.append(f"- flat index memory within 5% of 96 + 8 B/passage: "
-                 f"{flat['index_bytes_per_passage']} B -> "
-                 f"{'met' if abs(flat['index_bytes_per_passage'] - 104) <= 0.05 * 104 else 'NOT met'}")
+  lines += ["", f"Targets at N={fmt_size(big['n'])} (bpr-flat is exact Hamming top-l; hash kinds "
+            "trade recall for speed, see their top-10 overlap with bpr-flat):"]
+  for x in big["rows"]:
+    if not x["name"].startswith("bpr-"):
+      continue
+    ok_ms = x["ms_per_query"] <= TARGET_MS_21M
+    sp = x.get("speedup_vs_float_flat")
+    ok_sp = sp is not None and sp >= TARGET_SPEEDUP
+    mem = x["index_bytes_per_passage"]
+    ok_mem = abs(mem - 104) <= 0.05 * 104
+    overlap = x.get("top10_overlap_vs_flat", 1.0)
+    lines.append(
+        f"- {x['name']}: {x['ms_per_query']} ms/q batched (<= {TARGET_MS_21M:.0f}: "
+        f"{'met' if ok_ms else 'NOT met'}); {sp}x vs float flat (>= {TARGET_SPEEDUP:.0f}x: "
+        f"{'met' if ok_sp else 'NOT met'}); {mem} B/passage (104 +- 5%: "
+        f"{'met' if ok_mem else 'NOT met'}); top-10 overlap with bpr-flat {overlap}")
+  del flat
   return "\n".join(lines) + "\n"
 
 
@@ -287,6 +291,15 @@ def main(argv=None) -> None:
   env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
              JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
              XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
+  name = "search_speed_small" if a.small else "search_speed"
+  out = pathlib.Path(a.output_dir)
+  if a.rebuild_md:
+    results = json.loads((out / f"{name}.json").read_text())
+    md = markdown(results, a)
+    (out / f".{name}.md.tmp").write_text(md)
+    os.replace(out / f".{name}.md.tmp", out / f"{name}.md")
+    print(md)
+    return
   results = []
   for size in a.sizes.split(","):
     cmd = [sys.executable, __file__, "--one", size] + [
@@ -302,9 +315,7 @@ def main(argv=None) -> None:
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"   done in {time.time() - t0:.0f}s", flush=True)
   results = summarize(results, parse_size(a.float_max_n))
-  out = pathlib.Path(a.output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  name = "search_speed_small" if a.small else "search_speed"
   md = markdown(results, a)
   for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", md)):
     tmp = out / f".{name}{suffix}.tmp"

@@ -448,6 +448,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
+  from bpr_jax.distributed import initialize_distributed  # pylint: disable=import-outside-toplevel
+  initialize_distributed()  # a multi-process launch shards by process unless flags say otherwise
   num_shards = jax.process_count() if f.num_shards is None else f.num_shards
   shard_index = jax.process_index() if f.shard_index is None else f.shard_index
   try:

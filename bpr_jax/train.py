@@ -86,7 +86,7 @@ def build_data(config: ml_collections.ConfigDict, workdir: str):
       paths = make_tiny_dataset(tiny_dir, seed=data.tiny_seed)
     _sync("tiny_data")
     if jax.process_index() != 0:
-      paths = make_tiny_dataset(tiny_dir, seed=data.tiny_seed, overwrite=False)
+      paths = make_tiny_dataset(tiny_dir, seed=data.tiny_seed)  # identical content, atomic writes
     train_path, dev_path, tokenizer_dir = paths["train"], paths["dev"], paths["vocab_dir"]
   else:
     train_path, dev_path = data.train_path, data.dev_path

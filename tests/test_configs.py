@@ -1,0 +1,111 @@
+"""Every configs/*.py loads, stays inside the schema of configs/common.py and validates."""
+import importlib
+import os
+import pathlib
+
+import pytest
+
+from bpr_jax import train
+from configs.common import base_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_NAMES = sorted(p.stem for p in (REPO / "configs").glob("*.py")
+                      if p.stem not in ("__init__", "common"))
+# Environment each config reads its paths from (set to a fake folder so validation can run).
+PATH_ENV = ("BPR_DATA_DIR", "BPR_MODEL_DIR", "BPR_SHARED_DIR", "BPR_SCIFACT_HARD_NEGATIVES")
+
+
+def load(name: str):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def flat_keys(c, prefix=""):
+  out = set()
+  for k, v in c.items():
+    if hasattr(v, "items"):
+      out |= flat_keys(v, f"{prefix}{k}.")
+    else:
+      out.add(f"{prefix}{k}")
+  return out
+
+
+def test_expected_configs_present():
+  assert {"tiny", "nq", "tqa", "scifact"} <= set(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_loads_and_validates(name, monkeypatch, tmp_path):
+  for var in PATH_ENV:
+    monkeypatch.setenv(var, str(tmp_path / var.lower()))
+  c = load(name)
+  assert flat_keys(c) == flat_keys(base_config()), "configs may only set fields of the schema"
+  train.validate_config(c)
+  paths = {"model.hf_dir": c.model.hf_dir, "data.train_path": c.data.train_path,
+           "data.dev_path": c.data.dev_path, "data.beir_dir": c.data.beir_dir,
+           "data.hard_negatives_json": c.data.hard_negatives_json,
+           "data.tokenizer_dir": c.data.tokenizer_dir}
+  for key, value in paths.items():  # every path a config sets comes from the environment
+    assert not value or value.startswith(str(tmp_path)), f"{name}: {key}={value!r} is hard-coded"
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_has_launch_docstring(name):
+  module = importlib.import_module(f"configs.{name}")
+  assert module.__doc__ and "python -m bpr_jax.main" in module.__doc__
+
+
+def test_scifact_paths_come_from_env(monkeypatch, tmp_path):
+  monkeypatch.setenv("BPR_SHARED_DIR", str(tmp_path / "sh"))
+  monkeypatch.setenv("BPR_SCIFACT_HARD_NEGATIVES", str(tmp_path / "hn.json"))
+  c = load("scifact")
+  assert c.model.hf_dir == str(tmp_path / "sh" / "models" / "all-MiniLM-L6-v2")
+  assert c.data.beir_dir == str(tmp_path / "sh" / "data" / "scifact")
+  assert c.data.hard_negatives_json == str(tmp_path / "hn.json")
+  assert (c.model.init, c.model.pooling, c.data.source) == ("hf", "cls", "beir")
+
+
+def test_scifact_defaults_without_env(monkeypatch):
+  monkeypatch.delenv("BPR_SHARED_DIR", raising=False)
+  monkeypatch.delenv("BPR_SCIFACT_HARD_NEGATIVES", raising=False)
+  monkeypatch.delenv("BPR_WORKDIR", raising=False)
+  c = load("scifact")
+  shared = REPO.parent / "shared"
+  assert pathlib.Path(c.model.hf_dir) == shared / "models" / "all-MiniLM-L6-v2"
+  assert pathlib.Path(c.data.beir_dir) == shared / "data" / "scifact"
+  default = load("scifact").data.hard_negatives_json
+  monkeypatch.setenv("BPR_WORKDIR", "/somewhere/else")
+  assert load("scifact").data.hard_negatives_json == default  # independent of $BPR_WORKDIR
+  assert default.endswith(os.path.join("bpr-scifact", "hard_negatives_train.json"))
+
+
+def test_scifact_docstring_has_every_command():
+  doc = importlib.import_module("configs.scifact").__doc__
+  for command in ("bpr_jax.mine_negatives", "bpr_jax.main", "bpr_jax.export", "bpr_jax.encode",
+                  "bpr_jax.index", "bpr_jax.evaluate"):
+    assert f"python -m {command}" in doc
+
+
+def test_scifact_against_shared_data(shared, monkeypatch):
+  """With the real shared folder the model and data paths exist and the lengths fit MiniLM."""
+  monkeypatch.setenv("BPR_SHARED_DIR", str(shared))
+  c = load("scifact")
+  train.validate_config(c)
+  assert (pathlib.Path(c.data.beir_dir) / "corpus.jsonl").is_file()
+  assert (pathlib.Path(c.data.beir_dir) / "qrels" / "train.tsv").is_file()
+  bert = train.encoder_configs(c, None)
+  assert bert.hidden_size == 384 and bert.num_hidden_layers == 6
+  assert max(c.data.question_max_length, c.data.passage_max_length) <= bert.max_position_embeddings
+  assert bert.hidden_dropout_prob == c.model.dropout
+
+
+def test_tiny_validates_without_env(monkeypatch):
+  for var in PATH_ENV:
+    monkeypatch.delenv(var, raising=False)
+  train.validate_config(load("tiny"))
+
+
+def test_validate_rejects_bad_values():
+  c = load("tiny")
+  c.model.pooling = "max"
+  with pytest.raises(ValueError, match="pooling"):
+    train.validate_config(c)
