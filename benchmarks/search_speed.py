@@ -34,6 +34,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,12 @@ def _args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--sizes", default="1M,5M,21M", help="Comma-separated N (k/M suffixes).")
   p.add_argument("--small", action="store_true", help="Quick check: N = 20k,100k, 256 questions.")
-  p.add_argument("--kinds", default="flat,hash,multihash")
+  p.add_argument("--kinds", default="flat,hash,multihash,ivf:nprobe=16,ivf:nprobe=64",
+                 help="Comma-separated kind[:key=value...] specs, e.g. multihash:b=8:nhash=12:"
+                      "nflip=1 or ivf:nprobe=16 (ivf builds are shared across nprobe values).")
+  p.add_argument("--num_single_flat", type=int, default=10,
+                 help="Single questions timed for bpr-flat (slow at large N).")
+  p.add_argument("--name", default=None, help="Output file stem (default search_speed).")
   p.add_argument("--num_queries", type=int, default=1024)
   p.add_argument("--num_single", type=int, default=50)
   p.add_argument("--k", type=int, default=100)
@@ -77,6 +83,9 @@ def _args(argv=None):
   p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
   p.add_argument("--rebuild_md", action="store_true",
                  help="Rewrite the .md from the existing .json without running.")
+  p.add_argument("--threads_compare", default=None,
+                 help="Instead of the table: time flat and ivf search at this N with 1 and 2 "
+                      "faiss threads (batched and single); writes search_speed.threads.json.")
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one N, print JSON
   a = p.parse_args(argv)
   if a.small:
@@ -94,6 +103,27 @@ def _args(argv=None):
 def _rss_mb() -> float:
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _rss_status() -> dict:
+  """RssAnon / RssFile / VmRSS of this process in MB (file pages are page cache)."""
+  out = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      k = line.split(":")[0]
+      if k in ("RssAnon", "RssFile", "VmRSS"):
+        out[k] = round(int(line.split()[1]) / 1024, 1)
+  return out
+
+
+def parse_spec(spec: str):
+  """"multihash:b=8:nhash=12" -> ("multihash", {"b": 8, "nhash": 12})."""
+  parts = spec.strip().split(":")
+  params = {}
+  for p in parts[1:]:
+    k, v = p.split("=")
+    params[k] = int(v)
+  return parts[0], params
 
 
 def _peak_rss_mb() -> float:
@@ -145,51 +175,97 @@ def run_one(a) -> dict:
   import numpy as np
 
   sys.path.insert(0, str(ROOT))
-  from bpr_jax.index import BinaryIndex
+  from bpr_jax.codes import pack_codes
+  from bpr_jax.index import BinaryIndex, save_index
   from bpr_jax.search import two_stage_search
 
   faiss.omp_set_num_threads(a.threads)
   n = parse_size(a.one)
   res = {"n": n, "bits": D, "num_queries": a.num_queries, "num_single": a.num_single, "k": a.k,
-         "l": a.l, "threads": a.threads, "rows": []}
+         "l": a.l, "threads": a.threads, "rows": [],
+         "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3])}
   t0 = time.perf_counter()
   codes, q, _ = make_data(n, a.num_queries, a.seed)
   res["gen_s"] = round(time.perf_counter() - t0, 2)
   ids_bytes = 8 * n
-  flat_top10 = None
-  for kind in a.kinds.split(","):
-    rss0 = _rss_mb()
-    t0 = time.perf_counter()
-    index = BinaryIndex.from_arrays(codes, np.arange(n), kind=kind)
-    build_s = time.perf_counter() - t0
-    rss_delta = _rss_mb() - rss0
-    faiss_bytes = _faiss_file_bytes(index.index, True)
-    rerank_bytes = 0 if kind == "flat" else codes.nbytes
+  flat_rows = None
+  built = {}  # (kind, build params) -> (BinaryIndex, build_s, rss_delta, files)
+  tmp_root = pathlib.Path(tempfile.mkdtemp(prefix="bpr_bench_", dir=os.environ.get("TMPDIR")))
+  for spec in a.kinds.split(","):
+    kind, params = parse_spec(spec)
+    nprobe = params.pop("nprobe", None)
+    build_kw = {{"b": "hash_bits"}.get(k, k): v for k, v in params.items()}
+    key = (kind, tuple(sorted(build_kw.items())))
+    if key not in built:
+      for old in list(built):  # free the previous index first (memory)
+        del built[old]
+      rss0 = _rss_mb()
+      t0 = time.perf_counter()
+      index = BinaryIndex.from_arrays(codes, np.arange(n), kind=kind, **build_kw)
+      build_s = time.perf_counter() - t0
+      rss_delta = _rss_mb() - rss0
+      files = {}
+      if kind == "ivf":
+        # Saved and reloaded: reranking then reads the memory-mapped lists.
+        d = tmp_root / "ivf"
+        save_index(d, index.index, codes, np.arange(n))
+        del index
+        rss_before_load = _rss_status()
+        index = BinaryIndex.load(d, verify=False)
+        files = {p.name: p.stat().st_size for p in d.iterdir() if p.suffix in (".faiss", ".npy")}
+        files["rss_before_load"] = rss_before_load
+      else:
+        files = {"index.faiss": _faiss_file_bytes(index.index, True)}
+        if kind != "flat":
+          files["codes.npy"] = codes.nbytes
+      built[key] = (index, build_s, rss_delta, files)
+    index, build_s, rss_delta, files = built[key]
+    if nprobe is not None:
+      index.nprobe = nprobe
     fn = lambda x, index=index: two_stage_search(x, index, k=a.k, l=a.l)  # noqa: E731
-    (scores, rows), ms_b, ms_s = _time_search(fn, q, a.num_single)
-    # Stage 1 alone, batched.
+    n_single = a.num_single_flat if kind == "flat" else a.num_single
+    (scores, rows), ms_b, ms_s = _time_search(fn, q, n_single)
     t1 = time.perf_counter()
-    from bpr_jax.codes import pack_codes
     index.index.search(pack_codes(q), min(a.l, n))
     stage1 = (time.perf_counter() - t1) * 1000 / len(q)
-    top10 = rows[:, :10]
-    row = {"name": f"bpr-{kind}", "ms_per_query": round(ms_b, 3),
-           "ms_per_query_single": round(ms_s, 3), "stage1_ms_per_query": round(stage1, 3),
+    if kind == "ivf":
+      rows = np.asarray(index.ids)[np.maximum(rows, 0)] * (rows >= 0) - (rows < 0)
+    disk = sum(v for k, v in files.items() if k != "rss_before_load")
+    row = {"name": f"bpr-{kind}", "spec": spec, "ms_per_query": round(ms_b, 3),
+           "ms_per_query_single": round(ms_s, 3), "num_single": n_single,
+           "stage1_ms_per_query": round(stage1, 3),
            "build_s": round(build_s, 2), "build_rss_delta_mb": round(rss_delta, 1),
-           "faiss_bytes_per_passage": round(faiss_bytes / n, 2),
-           "index_bytes_per_passage": round((faiss_bytes + ids_bytes + rerank_bytes) / n, 2),
+           "faiss_bytes_per_passage": round(files.get("index.faiss", 0) / n, 2),
            "found_k_fraction": round(float((rows >= 0).mean()), 4)}
-    for key in ("hash_bits", "nflip", "nhash"):
-      if key in index.meta:
-        row[key] = index.meta[key]
-    if kind == "flat":
-      flat_top10 = top10
-    elif flat_top10 is not None:
-      row["top10_overlap_vs_flat"] = round(float(np.mean(
-          [len(set(x) & set(y)) / 10 for x, y in zip(top10.tolist(), flat_top10.tolist())])), 4)
+    if kind == "ivf":
+      # In RAM: the lists (codes + 8-byte row ids) + quantiser; ids.npy is mmapped
+      # (only result ids are touched); bytes on disk add ids.npy.
+      row["index_bytes_per_passage"] = round(files["index.faiss"] / n, 2)
+      row["disk_bytes_per_passage"] = round(disk / n, 2)
+      rss_now = _rss_status()
+      row["rss_after_search_mb"] = rss_now
+      row["rss_before_load_mb"] = files["rss_before_load"]
+    else:
+      row["index_bytes_per_passage"] = round((disk + ids_bytes) / n, 2)
+      row["disk_bytes_per_passage"] = round((disk + ids_bytes) / n, 2)
+    for k_ in ("hash_bits", "nflip", "nhash", "nlist", "nprobe"):
+      if k_ in index.meta:
+        row[k_] = index.meta[k_]
+    if kind == "ivf":
+      row["nprobe"] = index.nprobe
+    if kind == "flat" and flat_rows is None:
+      flat_rows = rows
+    if flat_rows is not None:
+      for kk in (10, 100):
+        if kk <= min(a.k, rows.shape[1]):
+          row[f"top{kk}_overlap_vs_flat"] = round(float(np.mean(
+              [len(set(x) & set(y)) / kk for x, y in zip(rows[:, :kk].tolist(),
+                                                         flat_rows[:, :kk].tolist())])), 4)
     res["rows"].append(row)
     print(json.dumps(row), file=sys.stderr, flush=True)
-    del index, fn, scores, rows
+    del fn, scores, rows
+  built.clear()
+  shutil.rmtree(tmp_root, ignore_errors=True)
   fmax = parse_size(a.float_max_n)
   if n <= fmax:
     from bpr_jax.codes import unpack_codes
@@ -209,7 +285,62 @@ def run_one(a) -> dict:
     res["rows"].append(row)
     print(json.dumps(row), file=sys.stderr, flush=True)
   res["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+  res["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
   return res
+
+
+def threads_compare(a) -> dict:
+  """ms/query with 1 vs 2 faiss threads, stage 1 alone and two-stage."""
+  import faiss
+  import numpy as np
+
+  sys.path.insert(0, str(ROOT))
+  from bpr_jax.codes import pack_codes
+  from bpr_jax.index import BinaryIndex
+  from bpr_jax.search import two_stage_search
+
+  n = parse_size(a.threads_compare)
+  codes, q, _ = make_data(n, a.num_queries, a.seed)
+  qc = pack_codes(q)
+  out = {"n": n, "num_queries": a.num_queries, "num_single": a.num_single, "l": a.l,
+         "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]), "rows": []}
+  for kind in ("flat", "ivf"):
+    index = BinaryIndex.from_arrays(codes, np.arange(n), kind=kind)
+    for threads in (1, 2, 1, 2):  # twice each, interleaved: the load drifts
+      faiss.omp_set_num_threads(threads)
+      index.index.search(qc[:1], a.l)
+      t0 = time.perf_counter()
+      index.index.search(qc, a.l)
+      s1_b = (time.perf_counter() - t0) * 1000 / len(qc)
+      t0 = time.perf_counter()
+      for i in range(a.num_single):
+        index.index.search(qc[i:i + 1], a.l)
+      s1_s = (time.perf_counter() - t0) * 1000 / a.num_single
+      fn = lambda x, index=index: two_stage_search(x, index, k=a.k, l=a.l)  # noqa: E731
+      _, ts_b, ts_s = _time_search(fn, q, a.num_single)
+      row = {"kind": kind, "threads": threads, "stage1_ms_batch": round(s1_b, 3),
+             "stage1_ms_single": round(s1_s, 3), "two_stage_ms_batch": round(ts_b, 3),
+             "two_stage_ms_single": round(ts_s, 3),
+             "loadavg": " ".join(open("/proc/loadavg").read().split()[:3])}
+      if kind == "ivf":
+        row["nprobe"] = index.nprobe
+      out["rows"].append(row)
+      print(json.dumps(row), file=sys.stderr, flush=True)
+    del index
+  return out
+
+
+def threads_markdown(t: dict) -> str:
+  lines = ["", f"Faiss threads, N={fmt_size(t['n'])}, batch of {t['num_queries']} and "
+           f"{t['num_single']} single questions, l={t['l']} (same structured codes; load average "
+           f"at start {t['loadavg_start']}; each setting timed twice, interleaved):", "",
+           "| kind | threads | stage-1 ms/q batch | stage-1 ms/q single | two-stage ms/q batch "
+           "| two-stage ms/q single | load avg |", "|---|---|---|---|---|---|---|"]
+  for r in t["rows"]:
+    name = r["kind"] + (f" (nprobe={r['nprobe']})" if "nprobe" in r else "")
+    lines.append(f"| {name} | {r['threads']} | {r['stage1_ms_batch']} | {r['stage1_ms_single']} "
+                 f"| {r['two_stage_ms_batch']} | {r['two_stage_ms_single']} | {r['loadavg']} |")
+  return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -244,10 +375,18 @@ def summarize(results: list[dict], float_max_n: int) -> list[dict]:
 
 def markdown(results: list[dict], args) -> str:
   cols = ["N", "system", "ms/q batch", "ms/q single", "stage-1 ms/q", "speed-up vs float (batch)",
-          "bytes/passage", "top-10 overlap vs flat", "found k", "build s", "peak RSS MB"]
-  lines = [f"Synthetic structured 768-bit codes, {args.num_queries} questions per batch, "
-           f"{args.num_single} single questions, k={args.k}, l={args.l}, {args.threads} threads. "
-           "Float flat IP rows marked * are extrapolated linearly in N.", "",
+          "index B/passage (RAM)", "disk B/passage", "top-10 overlap vs flat",
+          "top-100 overlap vs flat", "found k", "build s", "peak RSS MB"]
+  load = results[0].get("loadavg_start", "?")
+  lines = [f"Synthetic structured 768-bit codes (see the module docstring), "
+           f"{args.num_queries} questions per batch, {args.num_single} single questions "
+           f"({args.num_single_flat} for bpr-flat), k={args.k}, l={args.l}, {args.threads} faiss "
+           f"threads, 2-core machine shared with other jobs; load average at the start of each N: "
+           + ", ".join(f"{fmt_size(r['n'])}: {r.get('loadavg_start', '?')} (end "
+                       f"{r.get('loadavg_end', '?')})" for r in results) + ". "
+           "Float flat IP rows marked * are extrapolated linearly in N. ivf rows are saved, "
+           "reloaded with the lists memory-mapped, and rerank from the lists (RAM = index.faiss: "
+           "codes + 8-byte row ids + centroids; disk adds ids.npy, memory-mapped).", "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in results:
     for x in r["rows"]:
@@ -256,10 +395,13 @@ def markdown(results: list[dict], args) -> str:
       if "hash_bits" in x:
         extra = f" (b={x['hash_bits']}, nflip={x['nflip']}" + (
             f", nhash={x['nhash']})" if "nhash" in x else ")")
+      if "nlist" in x:
+        extra = f" (nlist={x['nlist']}, nprobe={x['nprobe']})"
       lines.append("| " + " | ".join(str(v) for v in [
           fmt_size(r["n"]), name + extra, x["ms_per_query"], x["ms_per_query_single"],
           x.get("stage1_ms_per_query", ""), x.get("speedup_vs_float_flat", ""),
-          x["index_bytes_per_passage"], x.get("top10_overlap_vs_flat", ""),
+          x["index_bytes_per_passage"], x.get("disk_bytes_per_passage", ""),
+          x.get("top10_overlap_vs_flat", ""), x.get("top100_overlap_vs_flat", ""),
           x.get("found_k_fraction", ""), x.get("build_s", ""), r["peak_rss_mb"]]) + " |")
   big = max(results, key=lambda r: r["n"])
   flat = next((x for x in big["rows"] if x["name"] == "bpr-flat"), None)
@@ -272,15 +414,23 @@ def markdown(results: list[dict], args) -> str:
     sp = x.get("speedup_vs_float_flat")
     ok_sp = sp is not None and sp >= TARGET_SPEEDUP
     mem = x["index_bytes_per_passage"]
+    if x["name"] == "bpr-ivf":
+      name_x = f"bpr-ivf (nprobe={x['nprobe']})"
+    else:
+      name_x = x["name"] + (f" ({x['spec']})" if ":" in x.get("spec", "") else "")
     ok_mem = abs(mem - 104) <= 0.05 * 104
-    overlap = x.get("top10_overlap_vs_flat", 1.0)
+    overlap = x.get("top10_overlap_vs_flat", "")
     lines.append(
-        f"- {x['name']}: {x['ms_per_query']} ms/q batched (<= {TARGET_MS_21M:.0f}: "
+        f"- {name_x}: {x['ms_per_query']} ms/q batched (<= {TARGET_MS_21M:.0f}: "
         f"{'met' if ok_ms else 'NOT met'}); {sp}x vs float flat (>= {TARGET_SPEEDUP:.0f}x: "
         f"{'met' if ok_sp else 'NOT met'}); {mem} B/passage (104 +- 5%: "
         f"{'met' if ok_mem else 'NOT met'}); top-10 overlap with bpr-flat {overlap}")
   del flat
-  return "\n".join(lines) + "\n"
+  md = "\n".join(lines) + "\n"
+  tpath = pathlib.Path(args.output_dir) / f"{args.name or 'search_speed'}.threads.json"
+  if tpath.exists():
+    md += threads_markdown(json.loads(tpath.read_text()))
+  return md
 
 
 def main(argv=None) -> None:
@@ -291,8 +441,15 @@ def main(argv=None) -> None:
   env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
              JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
              XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
-  name = "search_speed_small" if a.small else "search_speed"
+  name = a.name or ("search_speed_small" if a.small else "search_speed")
   out = pathlib.Path(a.output_dir)
+  if a.threads_compare is not None:
+    out.mkdir(parents=True, exist_ok=True)
+    t = threads_compare(a)
+    (out / f".{name}.threads.json.tmp").write_text(json.dumps(t, indent=2) + "\n")
+    os.replace(out / f".{name}.threads.json.tmp", out / f"{name}.threads.json")
+    print(threads_markdown(t))
+    return
   if a.rebuild_md:
     results = json.loads((out / f"{name}.json").read_text())
     md = markdown(results, a)
@@ -306,6 +463,7 @@ def main(argv=None) -> None:
         f"--{k}={v}" for k, v in (("kinds", a.kinds), ("num_queries", a.num_queries),
                                   ("num_single", a.num_single), ("k", a.k), ("l", a.l),
                                   ("float_max_n", a.float_max_n), ("threads", a.threads),
+                                  ("num_single_flat", a.num_single_flat),
                                   ("seed", a.seed))]
     print(f"== N={size}", flush=True)
     t0 = time.time()

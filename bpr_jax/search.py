@@ -168,7 +168,8 @@ def hamming_candidates(q_emb: np.ndarray, index: BinaryIndex,
 
 
 def two_stage_search(q_emb: np.ndarray, index: BinaryIndex, *, k: int, l: int = 1000,
-                     rerank: bool = True, candidates: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     rerank: bool = True, candidates: bool = True,
+                     nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """BPR retrieval for a batch of questions.
 
   Args:
@@ -179,6 +180,7 @@ def two_stage_search(q_emb: np.ndarray, index: BinaryIndex, *, k: int, l: int = 
     rerank: stage 2 on; False returns the Hamming order with score
       ``d - 2 * hamming`` (the +-1 code inner product).
     candidates: stage 1 on; False reranks every passage by <e_q, h_p>.
+    nprobe: ivf lists probed for this call (default: the index's setting).
 
   Returns:
     (scores [B, k] float32, rows [B, k] int64), best first, padded with
@@ -205,7 +207,15 @@ def two_stage_search(q_emb: np.ndarray, index: BinaryIndex, *, k: int, l: int = 
       raise ValueError("candidates=False needs rerank=True (nothing would score the passages)")
     return exhaustive_rerank(q_emb, index.codes, k)
   l_eff = min(max(l, 1), n)
-  dist, rows = hamming_candidates(q_emb, index, l_eff)
+  if nprobe is not None and index.kind == "ivf":
+    old = index.nprobe
+    index.nprobe = nprobe
+    try:
+      dist, rows = hamming_candidates(q_emb, index, l_eff)
+    finally:
+      index.nprobe = old
+  else:
+    dist, rows = hamming_candidates(q_emb, index, l_eff)
   if not rerank:
     kk = min(k, l_eff)
     rows = rows[:, :kk]
@@ -281,6 +291,30 @@ def hamming_topk_jax(q_codes_u32: np.ndarray, db_codes_u32: np.ndarray, k: int, 
 # Retriever: questions in, passage ids out.
 
 
+THREADS_ENV = "BPR_SEARCH_THREADS"
+
+
+def set_search_threads(threads: int | None = None) -> int:
+  """Sets faiss's OpenMP threads for stage 1; returns the number set.
+
+  ``threads`` None reads ``$BPR_SEARCH_THREADS``; unset or 0 leaves faiss's
+  default (all cores).  On a machine whose cores are busy with other work, 1
+  thread is often faster than 2 (OpenMP spin-waiting; see
+  benchmarks/results/search_speed.md).
+  """
+  import faiss  # pylint: disable=import-outside-toplevel
+
+  if threads is None:
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    threads = int(raw) if raw else 0
+  threads = int(threads)
+  if threads < 0:
+    raise ValueError(f"threads must be >= 0, got {threads}")
+  if threads > 0:
+    faiss.omp_set_num_threads(threads)
+  return int(faiss.omp_get_max_threads())
+
+
 class Retriever:
   """Encodes questions with an exported BPR model and searches a binary index.
 
@@ -293,13 +327,20 @@ class Retriever:
       once beside the file, so the corpus is never held in memory).
     l: stage-1 candidates per question.
     rerank, candidates: the ablation switches of ``two_stage_search``.
+    nprobe: ivf lists probed (default: the index's setting).
+    threads: faiss threads (``set_search_threads``; None reads
+      ``$BPR_SEARCH_THREADS``, 0 or unset keeps faiss's default).
   """
 
   def __init__(self, model: Any, index: BinaryIndex, *, passages: str | os.PathLike | None = None,
-               l: int = 1000, rerank: bool = True, candidates: bool = True):
+               l: int = 1000, rerank: bool = True, candidates: bool = True,
+               nprobe: int | None = None, threads: int | None = None):
     self.model = model
     self.index = index
     self.l = int(l)
+    if nprobe is not None:
+      index.nprobe = nprobe
+    self.threads = set_search_threads(threads)
     self.rerank = rerank
     self.candidates = candidates
     settings = getattr(model, "settings", None) or {}

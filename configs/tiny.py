@@ -11,7 +11,7 @@ from configs.common import base_config
 def get_config():
   c = base_config()
   c.batch_size = 16
-  c.num_epochs = 6
+  c.num_epochs = 10
   c.log_every = 10
   c.eval_every = 50
   c.eval_max_examples = 64
