@@ -188,3 +188,26 @@ def test_malformed_record_fails_before_training_naming_file_and_record(tmp_path,
   with pytest.raises(DataError, match="dpr_invalid.json:record"):
     train.train_and_evaluate(c, str(tmp_path))
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_trains_from_a_tfds_array_record_source(tmp_path):
+  """data.source='tfds': the dpr_retriever builder (array_record, no TensorFlow) feeds training."""
+  import shutil
+
+  import tensorflow_datasets as tfds
+
+  import bpr_jax.data.tfds  # noqa: F401  (registers the builders)
+  from bpr_jax.data.tiny import make_tiny_dataset
+  paths = make_tiny_dataset(tmp_path / "tiny", num_train=64, num_dev=16, num_passages=80)
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  shutil.copy(paths["train"], manual / "biencoder-nq-train.json")
+  shutil.copy(paths["dev"], manual / "biencoder-nq-dev.json")
+  builder = tfds.builder("dpr_retriever/nq", data_dir=str(tmp_path / "tfds"))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  c = shrunk_config(**{"data.source": "tfds", "data.tfds_name": "dpr_retriever/nq",
+                       "data.tfds_data_dir": str(tmp_path / "tfds"), "data.dev_split": "dev",
+                       "data.tokenizer_dir": paths["vocab_dir"], "num_train_steps": 4, "eval_every": 4,
+                       "checkpoint_every": 4})
+  result = train.train_and_evaluate(c, str(tmp_path / "work"))
+  assert result["step"] == 4 and np.isfinite(result["loss"]) and "dev_avg_rank" in result
