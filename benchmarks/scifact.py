@@ -18,7 +18,10 @@ Stages (each caches its output in --work_dir, so re-running skips finished work)
                                         (numpy seed 0), Hamming order of sign(x W)
                 minilm-lsh-faiss        (extra) faiss IndexLSH(384, 384, rotate_data=True), i.e.
                                         orthonormal hyperplanes (evaluate.float_systems 'lsh')
-                minilm-pq               faiss IndexPQ 48 x 8 bits, ADC (evaluate.float_systems 'pq')
+                minilm-pq               faiss IndexPQ 48 x 8 bits, inner-product ADC, normalised vectors
+                minilm-pq-l2            (extra) the same with L2 ADC (evaluate.float_systems 'pq')
+                minilm-float-dot        (extra) raw inner product of the unnormalised vectors
+                minilm-sign-rerank-all  (extra) every document scored by <e_q, sign(e_p)>
   crosscheck  compares the first 16 cached query / document embeddings with transformers'
               BertModel + mean pooling (torch), an independent check of encoder and tokeniser.
   finetune    runs the project's commands (configs/scifact.py docstring) for BPR and DPR from
@@ -202,6 +205,18 @@ def gaussian_lsh(docs: np.ndarray, ids, seed: int):
   return evaluate.System("minilm-lsh", search, 48.0, int(index.memory_bytes() + w.nbytes))
 
 
+def ip_pq(docs: np.ndarray, ids_bytes: int):
+  """PQ 48 x 8 bits with inner-product ADC (faiss IndexPQ, METRIC_INNER_PRODUCT, k-means seed
+  1234) over the L2-normalised vectors: the asymmetric distance <q, decode(code)>."""
+  import faiss
+  from bpr_jax import evaluate
+  index = faiss.IndexPQ(docs.shape[1], 48, 8, faiss.METRIC_INNER_PRODUCT)
+  index.train(np.ascontiguousarray(docs))
+  index.add(np.ascontiguousarray(docs))
+  return evaluate.System("minilm-pq", evaluate._faiss_search(index), 48.0,  # pylint: disable=protected-access
+                         int(faiss.serialize_index(index).size) + ids_bytes)
+
+
 def untrained_rows(work: pathlib.Path, fmt: str, num_single: int, sweep: dict | None = None) -> list[dict]:
   """The minilm-* rows for one document format, from the cached embeddings."""
   import faiss
@@ -227,12 +242,12 @@ def untrained_rows(work: pathlib.Path, fmt: str, num_single: int, sweep: dict | 
     s.name = renamed[s.name]
   floats = evaluate.float_systems(dn, 384, ["flat_ip", "lsh", "pq"], ids_bytes)
   for s in floats:
-    s.name = {"flat_ip": "minilm-float", "lsh": "minilm-lsh-faiss", "pq": "minilm-pq"}[s.name]
+    s.name = {"flat_ip": "minilm-float", "lsh": "minilm-lsh-faiss", "pq": "minilm-pq-l2"}[s.name]
   dot = evaluate.float_systems(d, 384, ["flat_ip"], ids_bytes)[0]
   dot.name = "minilm-float-dot"
-  by_name = {s.name: s for s in sign + floats + [dot, gaussian_lsh(dn, ids, LSH_SEED)]}
+  by_name = {s.name: s for s in sign + floats + [dot, gaussian_lsh(dn, ids, LSH_SEED), ip_pq(dn, ids_bytes)]}
   order = ["minilm-float", "minilm-sign", "minilm-sign-two-stage", "minilm-lsh", "minilm-pq",
-           "minilm-float-dot", "minilm-sign-rerank-all", "minilm-lsh-faiss"]
+           "minilm-float-dot", "minilm-sign-rerank-all", "minilm-lsh-faiss", "minilm-pq-l2"]
   # The sign rows search with the raw question vector (its scale changes no ranking); the
   # float rows with the normalised one (cosine), except minilm-float-dot (raw inner product).
   rows = []
@@ -269,7 +284,7 @@ def seed_sweep(work: pathlib.Path, fmt: str, seeds) -> dict:
                 (random orthonormal hyperplanes; the minilm-lsh row uses faiss's default seed).
   lsh-gaussian: 384 i.i.d. N(0, 1) hyperplanes from numpy seed s, Hamming order over the
                 sign codes (bpr_jax.codes.pack_codes + flat binary index).
-  pq:           faiss IndexPQ(384, 48, 8) with k-means seed s (minilm-pq uses seed 1234).
+  pq:           faiss IndexPQ(384, 48, 8, inner product) with k-means seed s (minilm-pq uses 1234).
   Seeds 0..9 by default; reported as mean / std (ddof 1) / min / max.
   """
   import faiss
@@ -293,7 +308,7 @@ def seed_sweep(work: pathlib.Path, fmt: str, seeds) -> dict:
     index = BinaryIndex.from_arrays(pack_codes(d @ w), ids, kind="flat")
     rows = two_stage_search(q @ w, index, k=100, rerank=False)[1]
     out["lsh-gaussian"].append(scorer(rows))
-    pq = faiss.IndexPQ(384, 48, 8)
+    pq = faiss.IndexPQ(384, 48, 8, faiss.METRIC_INNER_PRODUCT)
     pq.pq.cp.seed = int(seed)
     pq.train(d)
     pq.add(d)
@@ -502,8 +517,9 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
           "single sequences; documents in two formats (doc_format 'single': title + ' ' + text as one "
           "string; 'pair': [CLS] title [SEP] text [SEP]).",
           "minilm-float is cosine (L2-normalised vectors, IndexFlatIP); minilm-float-dot the raw inner "
-          "product. minilm-pq is faiss IndexPQ(384, 48, 8) (L2 ADC, k-means seed 1234) over the "
-          "normalised vectors; minilm-lsh is 384 i.i.d. Gaussian random hyperplanes (numpy seed 0), "
+          "product. minilm-pq is faiss IndexPQ(384, 48, 8, METRIC_INNER_PRODUCT) (inner-product ADC, "
+          "k-means seed 1234) over the normalised vectors; minilm-pq-l2 the same with L2 ADC (as "
+          "bpr_jax.evaluate's 'pq' baseline); minilm-lsh is 384 i.i.d. Gaussian random hyperplanes (numpy seed 0), "
           "Hamming order of the signs; minilm-lsh-faiss is faiss IndexLSH(384, 384, rotate_data=True) "
           "(orthonormal hyperplanes). LSH and PQ are randomised: they count as reproduced when the "
           "reference lies within mean +- 2 std of a 10-seed sweep (section 'Seed sweeps'); the "
@@ -558,7 +574,7 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
         lines.append(f"| {fmt} | {method} | " + " | ".join(fmt_num(x) for x in (
             n["mean"], n["std"], n["min"], n["max"], r["mean"], r["std"], r["min"], r["max"])) + " |")
     lines += ["", "lsh-rotation = faiss IndexLSH with RandomRotationMatrix seed s; lsh-gaussian = "
-              "i.i.d. N(0,1) hyperplanes; pq = IndexPQ(384, 48, 8) with k-means seed s.", ""]
+              "i.i.d. N(0,1) hyperplanes; pq = IndexPQ(384, 48, 8, inner product) with k-means seed s.", ""]
   if cross:
     lines += ["## Encoder cross-check", "", f"First {cross.get('queries', {}).get('n', '')} rows of each "
               f"cached embedding matrix against {cross['reference']}:", ""]

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -252,9 +252,5 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
   from absl import app
-  try:  # let train.py define any flags it shares with this command first
-    from bpr_jax import train  # noqa: F401
-  except ImportError:
-    pass
   define_flags()
   app.run(main)

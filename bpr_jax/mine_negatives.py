@@ -17,7 +17,6 @@ contain no answer in their title or text. Records carry the BEIR query id as
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 import unicodedata

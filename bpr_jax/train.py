@@ -6,13 +6,11 @@ input pipeline's position). SIGTERM (preemption) saves a checkpoint and returns 
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import signal
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +22,6 @@ from flax import nnx
 
 from bpr_jax import checkpoints, losses, parallel, schedules
 from bpr_jax.data import pipeline
-from bpr_jax.models import hash_layer
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.models.biencoder import BiEncoder, tokens_of
 from bpr_jax.tokenization import Tokenizer

@@ -1,6 +1,5 @@
 """The global-batch loss on 8 fake devices equals a single-device run (value and gradients)."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

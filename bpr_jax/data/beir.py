@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Iterable
 
 from absl import logging
 
-from bpr_jax.data.examples import Example, Passage, check_index, data_error
+from bpr_jax.data.examples import Example, Passage, check_index, data_error, json_object
 from bpr_jax.data.passages import _iter_jsonl, parse_corpus_line
 
 __all__ = ["load_corpus", "load_queries", "load_qrels", "BeirSource"]
@@ -53,12 +52,7 @@ def load_queries(beir_dir: str | os.PathLike) -> dict[str, str]:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise data_error(path, line_no, f"malformed JSON: {e.msg}") from None
-      if not isinstance(obj, dict):
-        raise data_error(path, line_no, f"expected a JSON object, found {type(obj).__name__}")
+      obj = json_object(path, line_no, line)
       qid = obj.get("_id")
       if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not str(qid).strip():
         raise data_error(path, line_no, "missing or empty '_id'")

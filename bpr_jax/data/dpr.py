@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 from absl import logging
 
-from bpr_jax.data.examples import DataError, Example, Passage, check_index, data_error, snippet
+from bpr_jax.data.examples import DataError, Example, Passage, check_index, data_error, snippet, tsv_rows
 
 _WS = re.compile(r"[ \t\n\r]*")
 _ID_KEYS = ("passage_id", "psg_id", "id")
@@ -396,23 +396,11 @@ def iter_qas(path: str | os.PathLike) -> Iterator[tuple[int, str, list[str]]]:
   Each line is `question<TAB>['answer', ...]`; a bad line is a DataError
   naming the file and line.
   """
-  import csv  # pylint: disable=import-outside-toplevel
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise data_error(path, 0, "file not found")
-  csv.field_size_limit(1 << 30)
   with open(path, "r", encoding="utf-8", newline="") as f:
-    reader = csv.reader(f, delimiter="\t")
-    while True:
-      try:
-        row = next(reader)
-      except StopIteration:
-        return
-      except (csv.Error, UnicodeDecodeError) as e:
-        raise data_error(path, reader.line_num, f"unreadable line: {e}") from None
-      line = reader.line_num
-      if not row or all(not c.strip() for c in row):
-        continue
+    for line, row in tsv_rows(path, f):
       if len(row) < 2:
         raise data_error(path, line, "expected 'question<TAB>[answers]'")
       question = row[0].strip()

@@ -5,6 +5,8 @@ reports problems with the input as `DataError("FILE:RECORD_OR_LINE: message")`.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import dataclasses
 import os
 import tempfile
@@ -50,6 +52,37 @@ def data_error(path: str | os.PathLike, where: int | str, message: str) -> DataE
   """Builds a one-line DataError for `path` at line/record `where`."""
   one_line = " ".join(str(message).split())
   return DataError(f"{os.fspath(path)}:{where}: {one_line}")
+
+
+def tsv_rows(path: str, f) -> "Iterator[tuple[int, list[str]]]":
+  """(line number, fields) of each non-blank tab-separated line of the open text file `f`.
+
+  An unreadable line (bad quoting, invalid UTF-8) is a DataError naming `path` and the line.
+  """
+  import csv  # pylint: disable=import-outside-toplevel
+  csv.field_size_limit(1 << 30)
+  reader = csv.reader(f, delimiter="\t")
+  while True:
+    try:
+      row = next(reader)
+    except StopIteration:
+      return
+    except (csv.Error, UnicodeDecodeError) as e:
+      raise data_error(path, reader.line_num, f"unreadable line: {e}") from None
+    if row and any(c.strip() for c in row):
+      yield reader.line_num, row
+
+
+def json_object(path: str, line_no: int, line: str) -> dict:
+  """One JSON-lines record, which must be an object; DataError naming path:line otherwise."""
+  import json  # pylint: disable=import-outside-toplevel
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise data_error(path, line_no, f"malformed JSON: {e.msg}") from None
+  if not isinstance(obj, dict):
+    raise data_error(path, line_no, f"expected a JSON object, found {type(obj).__name__}")
+  return obj
 
 
 def snippet(text: str, limit: int = 60) -> str:

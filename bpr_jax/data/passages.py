@@ -7,15 +7,13 @@ otherwise by the first non-blank character ('{' means JSON lines).
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import io
 import itertools
-import json
 import os
 from typing import IO, Iterator
 
-from bpr_jax.data.examples import Passage, data_error
+from bpr_jax.data.examples import Passage, data_error, json_object, tsv_rows
 
 TSV_HEADER = ("id", "text", "title")
 
@@ -42,30 +40,17 @@ def passage_format(path: str | os.PathLike) -> str:
 
 
 def _iter_tsv(path: str, start: int) -> Iterator[Passage]:
-  csv.field_size_limit(1 << 30)
   with _open_text(path) as f:
-    reader = csv.reader(f, delimiter="\t")
-    try:
-      header = next(reader)
-    except StopIteration:
-      raise data_error(path, 1, "empty file; expected a header 'id<TAB>text<TAB>title'") from None
-    except (csv.Error, UnicodeDecodeError) as e:
-      raise data_error(path, 1, f"unreadable header: {e}") from None
+    rows = tsv_rows(path, f)
+    first = next(rows, None)
+    if first is None:
+      raise data_error(path, 1, "empty file; expected a header 'id<TAB>text<TAB>title'")
+    header_line, header = first
     cols = [h.strip().lower() for h in header]
     if cols[:3] != list(TSV_HEADER):
-      raise data_error(path, 1, f"expected header 'id<TAB>text<TAB>title', found {header!r}")
+      raise data_error(path, header_line, f"expected header 'id<TAB>text<TAB>title', found {header!r}")
     n = 0
-    line = 1
-    while True:
-      try:
-        row = next(reader)
-      except StopIteration:
-        return
-      except (csv.Error, UnicodeDecodeError) as e:
-        raise data_error(path, reader.line_num, f"unreadable line: {e}") from None
-      line = reader.line_num
-      if not row or (len(row) == 1 and not row[0].strip()):
-        continue
+    for line, row in rows:
       if len(row) < 3:
         raise data_error(path, line, f"expected 3 tab-separated fields (id, text, title), found {len(row)}")
       pid = row[0].strip()
@@ -99,12 +84,7 @@ def _iter_jsonl(path: str, start: int) -> Iterator[Passage]:
 
 def parse_corpus_line(path: str, line_no: int, line: str) -> Passage:
   """One BEIR corpus.jsonl line -> Passage; DataError naming path:line when bad."""
-  try:
-    obj = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise data_error(path, line_no, f"malformed JSON: {e.msg}") from None
-  if not isinstance(obj, dict):
-    raise data_error(path, line_no, f"expected a JSON object, found {type(obj).__name__}")
+  obj = json_object(path, line_no, line)
   pid = obj.get("_id", obj.get("id"))
   if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
     raise data_error(path, line_no, "missing or empty '_id'")
