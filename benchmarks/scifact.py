@@ -219,7 +219,6 @@ def ip_pq(docs: np.ndarray, ids_bytes: int):
 
 def untrained_rows(work: pathlib.Path, fmt: str, num_single: int, sweep: dict | None = None) -> list[dict]:
   """The minilm-* rows for one document format, from the cached embeddings."""
-  import faiss
   from bpr_jax import evaluate
   from bpr_jax.codes import pack_codes
   from bpr_jax.index import BinaryIndex
@@ -586,6 +585,10 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
     lines += ["Document encoding time (5,183 docs, length 256, JAX on this CPU): "
               + ", ".join(f"{k} {v:.0f}s" for k, v in enc_times.items()), ""]
   lines += ["## Not run", "", ", ".join(not_run) if not_run else "(none)", ""]
+  if any(n.startswith(("bpr-", "dpr-")) for n in not_run):
+    lines += ["Fine-tuned rows need `--stage=finetune` (training, then encoding the 5,183 documents "
+              "again for each model); see benchmarks/results/train_throughput.json for the measured "
+              "MiniLM train-step time on this CPU.", ""]
   (out_dir / "scifact.md").write_text("\n".join(lines))
   log(f"wrote {out_dir / 'scifact.json'} and {out_dir / 'scifact.md'}")
 

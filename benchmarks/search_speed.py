@@ -5,6 +5,7 @@ Usage::
   python benchmarks/search_speed.py                  # N = 1M, 5M, 21M (long)
   python benchmarks/search_speed.py --small          # N = 20k, 100k (quick check)
   python benchmarks/search_speed.py --sizes=1M,2M --threads=2
+  python benchmarks/search_speed.py --threads_compare=1M --num_queries=256
 
 Data (768-bit codes with structure, not uniform random bits):
   * 64 "topic" codes drawn uniformly;
@@ -19,13 +20,27 @@ Data (768-bit codes with structure, not uniform random bits):
 
 For every N (each in a fresh subprocess, so peak RSS is per N) it reports
 ms/query for a batch of --num_queries questions (one call) and for single
-questions, for two-stage search (k=100, l=1000) with flat, hash and multihash
-candidate generation; top-10 overlap of the hash kinds with flat; index bytes
-per passage (faiss index file + 8-byte ids, + the separate rerank codes for
-hash kinds); build time and peak RSS.  Float32 768-d faiss IndexFlatIP is
-timed at N <= --float_max_n (unpacked codes + noise as embeddings, BLAS
-threshold lowered to 1) and extrapolated linearly in N above that (marked
-``extrapolated``).  Results go to benchmarks/results/search_speed.{json,md}.
+questions, for two-stage search (k=100, l=1000) with each --kinds spec
+(``kind[:key=value...]``: flat, hash, multihash with b/nhash/nflip, ivf with
+nlist/nprobe; ivf builds are shared across nprobe values); top-10 and top-100
+overlap of every row with bpr-flat (exact Hamming top-l, then the same
+rerank); index bytes per passage; build time and peak RSS.  Bytes: flat =
+faiss file + 8-byte ids; hash kinds add the separate rerank codes; ivf rows
+are saved, reloaded with the lists memory-mapped (``IO_FLAG_MMAP_IFC``) and
+rerank from the lists, so their in-RAM bytes are index.faiss (codes + 8-byte
+row ids + centroids), ``disk`` adds ids.npy (memory-mapped, only result ids
+touched), and RssAnon/RssFile before the load and after the searches are
+recorded.  Float32 768-d faiss IndexFlatIP is timed at N <= --float_max_n
+(unpacked codes + noise as embeddings, BLAS threshold lowered to 1) and
+extrapolated linearly in N above that (marked ``extrapolated``).  Results go
+to benchmarks/results/search_speed.{json,md}; the load average at the start
+and end of every N is recorded (the machine is shared).
+
+``--threads_compare=N`` instead times flat and ivf search with 1 and 2 faiss
+threads (stage 1 alone and two-stage, batched and single) and writes
+search_speed.threads.json, appended to the .md by ``--rebuild_md``.
+Under load (other jobs on the 2 cores) one thread was much faster, see the
+.md; the default here is --threads=1.
 """
 from __future__ import annotations
 
@@ -78,7 +93,8 @@ def _args(argv=None):
   p.add_argument("--k", type=int, default=100)
   p.add_argument("--l", type=int, default=1000)
   p.add_argument("--float_max_n", default="1M", help="Largest N for the float IndexFlatIP run.")
-  p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--threads", type=int, default=1,
+                 help="faiss OpenMP threads (1: see --threads_compare results).")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results"))
   p.add_argument("--rebuild_md", action="store_true",

@@ -206,7 +206,8 @@ def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
       if d % m:
         raise ValueError(f"pq: dimension {d} is not divisible by M={m}")
       nbits = 8 if n >= 256 else max(1, int(np.log2(max(n, 2))))
-      index = faiss.IndexPQ(d, m, nbits)
+      # inner-product ADC: the models score by <e_q, e_p>, so PQ must approximate that, not L2
+      index = faiss.IndexPQ(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
       index.train(emb)
       bpp = m * nbits / 8
       if nbits != 8:

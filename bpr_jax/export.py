@@ -80,6 +80,9 @@ def make_encode_fn(model: BertEncoder) -> Callable[[dict[str, np.ndarray]], np.n
   return run
 
 
+MIN_BUCKET = 16
+
+
 def encode_batches(encode: Callable[[dict[str, np.ndarray]], np.ndarray],
                    batch: dict[str, np.ndarray], batch_size: int, dim: int) -> np.ndarray:
   """Runs `encode` over fixed-size chunks (last one zero-padded) of a tokenised batch."""
@@ -93,6 +96,13 @@ def encode_batches(encode: Callable[[dict[str, np.ndarray]], np.ndarray],
   for start in range(0, n, size):
     chunk = {k: v[start:start + size] for k, v in batch.items()}
     rows = len(chunk["input_ids"])
+    # Length bucketing: drop all-padding columns beyond the next power of two (>= 16) of the
+    # longest row. Masked positions do not change the output; at most log2(L) shapes compile.
+    full = chunk["input_ids"].shape[1]
+    used = int(chunk["attention_mask"].sum(axis=1).max())
+    length = min(full, max(MIN_BUCKET, _next_pow2(used)))
+    if length < full:
+      chunk = {k: v[:, :length] for k, v in chunk.items()}
     if rows < size:
       chunk = {k: np.pad(v, ((0, size - rows), (0, 0))) for k, v in chunk.items()}
     out.append(encode(chunk)[:rows])
@@ -224,14 +234,39 @@ def import_dpr(checkpoint: PathLike | Sequence[PathLike], out_dir: PathLike, *,
   save_exported(encoders[0], encoders[1], Tokenizer.from_dir(tokenizer_dir), settings, out_dir)
 
 
+def import_hf_encoder(model_dir: PathLike, out_dir: PathLike, *, mode: str = "bpr", pooling: str = "cls",
+                      max_length: int = 256) -> None:
+  """Exports an off-the-shelf Hugging Face BERT as both encoders (shared weights).
+
+  For baselines: its sign codes are post-hoc binarisation (e.g. sentence-transformers'
+  binary quantisation) served by the same index, search and service as a trained BPR model.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  encoder = hf.load_bert(model_dir, pooling=pooling)
+  hidden = encoder.config.hidden_size
+  settings = {
+      "mode": mode, "pooling": pooling, "question_max_length": max_length,
+      "passage_max_length": max_length, "code_bits": hidden,
+      "hidden_size": hidden, "shared_encoder": True,
+  }
+  save_exported(encoder, encoder, Tokenizer.from_dir(model_dir), settings, out_dir)
+
+
 # ----------------------------------------------------------------------------
 # Command line
 
 
 def main(argv: Sequence[str]) -> None:
-  """Exports the trained encoders of a training workdir."""
+  """Exports the trained encoders of a training workdir (or an off-the-shelf HF encoder)."""
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
+  if bool(FLAGS.workdir) == bool(FLAGS.hf_model):
+    raise SystemExit("give exactly one of --workdir (a training run) or --hf_model (a Hugging Face BERT dir)")
+  if FLAGS.hf_model:
+    import_hf_encoder(FLAGS.hf_model, FLAGS.output, pooling=FLAGS.pooling, max_length=FLAGS.max_length)
+    print(f"exported {FLAGS.hf_model} to {FLAGS.output}")
+    return
   from bpr_jax import console, train
   console.quiet_libraries()
   q_model, p_model, tokenizer, settings = train.restore_for_export(FLAGS.workdir, FLAGS.step)
@@ -247,7 +282,11 @@ def define_flags() -> None:
     flags.DEFINE_string("output", None, "Directory to write the exported model to.")
   if "step" not in FLAGS:
     flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest).")
-  flags.mark_flags_as_required(["workdir", "output"])
+  flags.DEFINE_string("hf_model", None, "Instead of --workdir: a Hugging Face BERT dir exported as "
+                      "both encoders (post-hoc sign codes; a baseline).")
+  flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "With --hf_model: pooling of the encoder.")
+  flags.DEFINE_integer("max_length", 256, "With --hf_model: question and passage max length.")
+  flags.mark_flags_as_required(["output"])
 
 
 if __name__ == "__main__":

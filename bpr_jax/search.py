@@ -13,6 +13,16 @@ the 256 byte values v, so a candidate's score is the sum of 96 table entries
 (at d = 768) picked by its code bytes.  This runs jitted in JAX on blocks of
 questions and is ~3x faster than unpacking the codes to floats.
 
+For an ``ivf`` index the reranking codes are read from the inverted lists of
+the memory-mapped index file (``bpr_jax.index.IVFListCodes``); ``nprobe``
+(lists probed) can be set per call.
+
+Threads: stage 1 runs with faiss's OpenMP threads.  ``Retriever(threads=)``
+or ``$BPR_SEARCH_THREADS`` sets them (``set_search_threads``); on a machine
+whose cores are busy with other work one thread was up to 50x faster for
+single questions than two (OpenMP spin-waiting), see
+benchmarks/results/search_speed.md.
+
 Ablations: ``rerank=False`` returns the Hamming order with score
 ``<h_q, h_p> = d - 2 * hamming``; ``candidates=False`` reranks every passage.
 """

@@ -1,5 +1,6 @@
 """save_exported / load_exported / import_dpr with tiny random encoders."""
 import json
+import pathlib
 import shutil
 
 import jax.numpy as jnp
@@ -152,3 +153,40 @@ def test_import_dpr(tmp_path, tiny):
   with pytest.raises(FileNotFoundError, match="config.json"):
     (ckpt / "config.json").unlink()
     export.import_dpr(ckpt, tmp_path / "out2", tokenizer_dir=vocab_dir)
+
+
+def test_export_of_an_off_the_shelf_hf_encoder(tmp_path, minilm_dir):
+  """`export --hf_model`: one HF BERT as both encoders (post-hoc sign-code baseline)."""
+  import subprocess
+  import sys
+
+  from bpr_jax.export import load_exported
+  from bpr_jax.models.hf import load_bert
+  out = tmp_path / "minilm"
+  proc = subprocess.run([sys.executable, "-m", "bpr_jax.export", f"--hf_model={minilm_dir}", "--pooling=mean",
+                         "--max_length=64", f"--output={out}"], capture_output=True, text=True, timeout=300,
+                        cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  exported = load_exported(out)
+  assert exported.settings["shared_encoder"] and exported.settings["code_bits"] == 384
+  texts = ["binary codes for passage retrieval", "a second question"]
+  direct = load_bert(minilm_dir, pooling="mean")
+  tokens = exported.tokenizer.questions(texts, 64)
+  want = np.asarray(direct(tokens["input_ids"], tokens["attention_mask"], tokens["token_type_ids"]))
+  np.testing.assert_allclose(exported.encode_questions(texts), want, atol=1e-5)
+  bad = subprocess.run([sys.executable, "-m", "bpr_jax.export", f"--output={tmp_path / 'x'}"],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "exactly one of --workdir" in bad.stderr
+
+
+def test_length_buckets_do_not_change_embeddings(tmp_path, minilm_dir):
+  from bpr_jax.export import encode_batches, make_encode_fn
+  from bpr_jax.models.hf import load_bert
+  model = load_bert(minilm_dir, pooling="mean")
+  tok = Tokenizer.from_dir(minilm_dir)
+  texts = ["short", "a somewhat longer question about binary passage retrieval and hashing"]
+  batch = tok.questions(texts, 128)
+  fn = make_encode_fn(model)
+  bucketed = encode_batches(fn, batch, 8, 384)
+  whole = fn({k: np.pad(v, ((0, 6), (0, 0))) for k, v in batch.items()})[:2]  # all 128 columns
+  np.testing.assert_allclose(bucketed, whole, atol=2e-5)
