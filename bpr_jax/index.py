@@ -650,13 +650,13 @@ def build_index(codes: np.ndarray, kind: str, *, hash_bits: int | None = None,
       raise ValueError(f"hash_bits={b} exceeds code bits {d}")
     if kind == "hash":
       index = faiss.IndexBinaryHash(d, b)
-      index.nflip = 2 if nflip is None else int(nflip)
+      index.nflip = min(2, b) if nflip is None else int(nflip)  # default capped for tiny corpora
     else:
       nh = min(4, d // b) if nhash is None else int(nhash)
       if nh < 1 or nh * b > d:
         raise ValueError(f"multihash needs 1 <= nhash*hash_bits <= {d}, got {nh}*{b}")
       index = faiss.IndexBinaryMultiHash(d, nh, b)
-      index.nflip = 1 if nflip is None else int(nflip)
+      index.nflip = min(1, b) if nflip is None else int(nflip)
     if index.nflip < 0 or index.nflip > b:
       raise ValueError(f"nflip must be in [0, hash_bits={b}], got {index.nflip}")
   step = 1 << 20

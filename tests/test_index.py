@@ -258,3 +258,12 @@ def test_index_command_ivf(tmp_path):
   loaded = BinaryIndex.load(tmp_path / "i")
   assert loaded.kind == "ivf" and loaded.nprobe == 3 and loaded.index.nlist == 12
   assert sorted(loaded.ids.tolist()) == sorted(f"p{i}" for i in range(600))
+
+
+def test_hash_defaults_fit_a_tiny_corpus():
+  """Under 512 passages the default key is 1 bit; the default nflip must not exceed it."""
+  rng = np.random.default_rng(0)
+  codes = rng.integers(0, 256, size=(300, 8), dtype=np.uint8)
+  for kind in ("hash", "multihash"):
+    settings = bindex.index_settings(build_index(codes, kind))
+    assert settings["hash_bits"] == 1 and settings["nflip"] <= settings["hash_bits"]
