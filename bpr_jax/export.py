@@ -130,6 +130,21 @@ class ExportedModel:
     return encode_batches(self._fn("question"), batch, batch_size,
                           self.question_encoder.config.hidden_size)
 
+  def warmup_questions(self, max_rows: int, batch_size: int = 64) -> int:
+    """Compiles the question encoder for every (rows, length) shape `encode_questions` can meet
+    with up to `max_rows` questions, so a service never compiles while answering; returns the
+    number of shapes."""
+    full = int(self.settings["question_max_length"])
+    rows = sorted({min(batch_size, _next_pow2(n)) for n in range(1, max(1, max_rows) + 1)})
+    lengths = sorted({min(full, max(MIN_BUCKET, _next_pow2(n))) for n in range(1, full + 1)})
+    fn = self._fn("question")
+    for r in rows:
+      for length in lengths:
+        tokens = {k: np.zeros((r, length), np.int32) for k in KEYS}
+        tokens["attention_mask"][:, 0] = 1
+        fn(tokens)
+    return len(rows) * len(lengths)
+
   def encode_passages(self, titles: Sequence[str], texts: Sequence[str],
                       batch_size: int = 64) -> np.ndarray:
     """float32 [N, d] passage embeddings."""

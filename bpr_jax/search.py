@@ -108,6 +108,10 @@ def rerank_candidates(q_emb: np.ndarray, codes: np.ndarray, cand_rows: np.ndarra
     return out_scores, out_rows
   block = _block_size(bsz)
   nbytes = codes.shape[1]
+  # k is a static argument of the jitted block: bucket it (power of two, at most l) so that
+  # requests with many different k compile a handful of shapes, not one each.
+  k_out = k
+  k = min(l, 1 << max(0, (k - 1).bit_length()))
   for s in range(0, bsz, block):
     rows = cand_rows[s:s + block]
     n = rows.shape[0]
@@ -119,8 +123,8 @@ def rerank_candidates(q_emb: np.ndarray, codes: np.ndarray, cand_rows: np.ndarra
     v = np.zeros((block, l), dtype=bool)
     v[:n] = valid
     sc, pos = _rerank_block(q, cand, v, k)
-    sc = np.asarray(sc)[:n]
-    pos = np.asarray(pos)[:n]
+    sc = np.asarray(sc)[:n, :k_out]
+    pos = np.asarray(pos)[:n, :k_out]
     picked = np.take_along_axis(rows, pos.astype(np.int64), axis=1)
     ok = np.isfinite(sc)
     out_scores[s:s + n] = np.where(ok, sc, -np.inf)

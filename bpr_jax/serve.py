@@ -466,6 +466,11 @@ def main(argv: Sequence[str]) -> None:
   else:
     retriever = _load_retriever(f.model, f.index, f.l)
     _check_sizes(retriever, store)
+    model = getattr(retriever, "model", None)
+    if f.warmup and hasattr(model, "warmup_questions"):
+      start = time.perf_counter()
+      shapes = model.warmup_questions(f.max_batch)
+      logger.info("Compiled the question encoder for %d shapes in %.1f s", shapes, time.perf_counter() - start)
   limits = Limits(max_questions=f.max_questions, max_k=f.max_k, max_body_bytes=f.max_body_bytes)
   app = create_app(retriever, store, max_batch=f.max_batch, max_wait_ms=f.max_wait_ms,
                    max_pending=f.max_pending, limits=limits)
@@ -491,6 +496,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
   flags.DEFINE_integer("port", 8000, "Port to listen on.")
   flags.DEFINE_integer("max_batch", 64, "Most questions per encoder call.")
+  flags.DEFINE_boolean("warmup", True, "Compile the question encoder for every batch shape at start-up.")
   flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more requests.")
   flags.DEFINE_integer("max_pending", 16384, "Most queued questions before answering 503.")
   flags.DEFINE_integer("max_questions", 1024, "Most questions per request.")

@@ -190,3 +190,20 @@ def test_length_buckets_do_not_change_embeddings(tmp_path, minilm_dir):
   bucketed = encode_batches(fn, batch, 8, 384)
   whole = fn({k: np.pad(v, ((0, 6), (0, 0))) for k, v in batch.items()})[:2]  # all 128 columns
   np.testing.assert_allclose(bucketed, whole, atol=2e-5)
+
+
+def test_warmup_compiles_every_serving_shape(tmp_path):
+  from bpr_jax.export import MIN_BUCKET
+  vocab = tmp_path / "vocab"
+  vocab.mkdir()
+  (vocab / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+  cfg = BertConfig(vocab_size=7, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=32, max_position_embeddings=64)
+  model = BertEncoder(cfg, rngs=nnx.Rngs(0))
+  settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 64, "passage_max_length": 64,
+              "code_bits": 16, "hidden_size": 16, "shared_encoder": True}
+  export.save_exported(model, model, Tokenizer.from_dir(vocab), settings, tmp_path / "e")
+  exported = export.load_exported(tmp_path / "e")
+  assert MIN_BUCKET == 16
+  # rows 1, 2, 4, 8 (max 5 -> 8) x lengths 16, 32, 64
+  assert exported.warmup_questions(5) == 12
