@@ -453,7 +453,7 @@ def main(argv: Sequence[str]) -> None:
   num_shards = jax.process_count() if f.num_shards is None else f.num_shards
   shard_index = jax.process_index() if f.shard_index is None else f.shard_index
   try:
-    if not os.path.isfile(f.passages):
+    if not f.passages.startswith("tfds:") and not os.path.isfile(f.passages):
       raise FileNotFoundError(f"passage file not found: {f.passages}")
     model = load_exported(f.model)
     m = encode_corpus(model, f.passages, f.output, model_path=f.model, batch_size=f.batch_size,

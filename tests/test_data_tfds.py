@@ -95,6 +95,20 @@ def test_dpr_wiki(tmp_path):
     assert row["title"].decode() == p.title and row["text"].decode() == p.text
 
 
+def test_encode_reads_passages_from_the_tfds_wiki_builder(tmp_path, monkeypatch):
+  """`--passages=tfds:dpr_wiki/psgs_w100`: the encoding job's reader streams the built dataset."""
+  from bpr_jax.data.passages import count_passages
+  config = _manual(tmp_path, {"psgs_small.tsv": "psgs_w100.tsv"})
+  _build("dpr_wiki/psgs_w100", tmp_path, config)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "data"))
+  expected = list(iter_passages(FIXTURES / "psgs_small.tsv"))
+  assert count_passages("tfds:dpr_wiki/psgs_w100") == len(expected)
+  assert list(iter_passages("tfds:dpr_wiki/psgs_w100")) == expected
+  assert list(iter_passages("tfds:dpr_wiki/psgs_w100", start=2)) == expected[2:]
+  with pytest.raises(DataError, match="tfds:no_such_dataset"):
+    count_passages("tfds:no_such_dataset")
+
+
 def test_dpr_wiki_bad_line(tmp_path):
   config = _manual(tmp_path, {"psgs_small.tsv": "psgs_w100.tsv.gz"})
   path = pathlib.Path(config.manual_dir) / "psgs_w100.tsv.gz"

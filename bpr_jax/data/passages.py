@@ -99,9 +99,41 @@ def parse_corpus_line(path: str, line_no: int, line: str) -> Passage:
   return Passage(id=str(pid).strip(), title=title, text=text)
 
 
+TFDS_PREFIX = "tfds:"
+
+
+def _tfds_passages(spec: str):
+  """The `tfds:NAME` passage source (e.g. tfds:dpr_wiki/psgs_w100, built by
+  bpr_jax.data.tfds), read with tfds.data_source from $TFDS_DATA_DIR (or TFDS's default)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  import bpr_jax.data.tfds  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  name = spec[len(TFDS_PREFIX):]
+  try:
+    return tfds.data_source(name, split="train", data_dir=os.environ.get("TFDS_DATA_DIR") or None)
+  except Exception as e:  # tfds raises several types for a missing or unbuilt dataset
+    raise data_error(spec, 0, f"cannot open the TFDS dataset: {e}") from None
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _iter_tfds(spec: str, start: int) -> Iterator[Passage]:
+  source = _tfds_passages(spec)
+  for i in range(start, len(source)):
+    record = source[i]
+    yield Passage(id=_text(record["passage_id"]), title=_text(record["title"]), text=_text(record["text"]))
+
+
 def iter_passages(path: str | os.PathLike, *, start: int = 0) -> Iterator[Passage]:
-  """Streams the passages of a DPR TSV or BEIR JSONL file, skipping the first `start`."""
+  """Streams the passages of a DPR TSV or BEIR JSONL file, or of a `tfds:NAME` dataset,
+  skipping the first `start`."""
   path = os.fspath(path)
+  if path.startswith(TFDS_PREFIX):
+    if start < 0:
+      raise ValueError(f"start must be >= 0, got {start}")
+    return _iter_tfds(path, start)
   if not os.path.isfile(path):
     raise data_error(path, 0, "file not found")
   if start < 0:
@@ -119,6 +151,8 @@ def count_passages(path: str | os.PathLike) -> int:
   for DPR and BEIR files.
   """
   path = os.fspath(path)
+  if path.startswith(TFDS_PREFIX):
+    return len(_tfds_passages(path))
   if not os.path.isfile(path):
     raise data_error(path, 0, "file not found")
   opener = gzip.open if path.endswith(".gz") else open
