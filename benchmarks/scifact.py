@@ -31,8 +31,13 @@ Stages (each caches its output in --work_dir, so re-running skips finished work)
               bpr-no-rerank, bpr-no-candidates (flat index ablations), dpr-flat (exact inner
               product), dpr-hnsw, dpr-lsh, dpr-pq, dpr-sign (two-stage search over the signs of
               DPR's embeddings). --override a.b=v passes --config.a.b=v to training.
+              --tag=NAME runs a variant into WORK/ft-MODE-NAME instead (e.g. --modes=bpr
+              --tag=gamma10 --override=loss.gamma=10.0); the report lists variants apart from
+              the main rows, with their overrides.
   report      writes benchmarks/results/scifact.{json,md} from every row measured so far; rows
-              not measured are listed under "not run".
+              not measured are listed under "not run". It also checks the part-1 targets
+              (BPR two-stage vs dpr-flat, dpr-sign, dpr-lsh, dpr-pq and the untrained float
+              model) and writes the margins.
 
 Paths come from the environment: $BPR_SHARED_DIR (default ../shared beside the repo) holds
 models/all-MiniLM-L6-v2 and data/scifact.
@@ -415,7 +420,12 @@ def run_command(cmd: list[str], env: dict, log_path: pathlib.Path) -> float:
   return secs
 
 
-def stage_finetune(work: pathlib.Path, modes, overrides: list[str]) -> None:
+def run_dir(work: pathlib.Path, mode: str, tag: str = "") -> pathlib.Path:
+  """ft-MODE for the main rows; ft-MODE-TAG for a variant (--tag)."""
+  return work / (f"ft-{mode}-{tag}" if tag else f"ft-{mode}")
+
+
+def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "") -> None:
   """Mine, train, export, encode, index and evaluate with the project's commands."""
   py = sys.executable
   beir = shared_dir() / "data" / "scifact"
@@ -428,8 +438,13 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str]) -> None:
     run_command([py, "-m", "bpr_jax.mine_negatives", f"--beir_dir={beir}", "--split=train",
                  f"--output={hn}"], env, work / "mine.log")
   for mode in modes:
-    d = work / f"ft-{mode}"
+    d = run_dir(work, mode, tag)
     d.mkdir(exist_ok=True)
+    ov_path = d / "overrides.json"
+    if ov_path.exists() and json.loads(ov_path.read_text()) != overrides:
+      raise SystemExit(f"{d} was run with overrides {ov_path.read_text().strip()}, not {overrides}; "
+                       "use another --tag or delete it")
+    ov_path.write_text(json.dumps(overrides) + "\n")
     times_path = d / "times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
 
@@ -459,10 +474,10 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str]) -> None:
            d / f"eval-{kind}.json")
 
 
-def finetuned_rows(work: pathlib.Path) -> list[dict]:
+def finetuned_rows(work: pathlib.Path, tag: str = "") -> list[dict]:
   rows = []
   for (mode, kind), names in FINETUNED_NAMES.items():
-    d = work / f"ft-{mode}"
+    d = run_dir(work, mode, tag)
     path = d / f"eval-{kind}.json"
     if not path.exists():
       continue
@@ -477,7 +492,11 @@ def finetuned_rows(work: pathlib.Path) -> list[dict]:
                  train_steps=max(steps) if steps else None, batch_size=config["batch_size"],
                  seed=config["seed"], question_max_length=config["data"]["question_max_length"],
                  passage_max_length=config["data"]["passage_max_length"],
-                 training_s=round(times["train"]), corpus_encode_s=round(times["encode"]))
+                 training_s=round(times["train"]), corpus_encode_s=round(times["encode"]),
+                 overrides=json.loads((d / "overrides.json").read_text())
+                 if (d / "overrides.json").exists() else [])
+      if tag:
+        row["variant"] = tag
       rows.append(row)
   return rows
 
@@ -495,6 +514,48 @@ def fmt_num(v, digits=4):
   return str(v)
 
 
+def variant_tags(work: pathlib.Path) -> list[str]:
+  """Tags of the --tag runs under WORK (ft-bpr-TAG / ft-dpr-TAG), sorted."""
+  tags = set()
+  for d in work.glob("ft-*-*"):
+    mode, _, tag = d.name[3:].partition("-")
+    if mode in ("bpr", "dpr") and d.is_dir():
+      tags.add(tag)
+  return sorted(tags)
+
+
+def target_checks(rows: list[dict]) -> list[dict]:
+  """The issue's part-1 targets, each as measured margin (nDCG@10 points) and met or not."""
+  by = {(r["name"], r.get("doc_format")): r for r in rows}
+  get = lambda name, fmt=None: by.get((name, fmt), {}).get("ndcg@10")  # noqa: E731
+  bpr = get("bpr-flat")
+  if bpr is None:
+    return []
+  # (target, other row, its doc format, required margin, margin may equal it)
+  checks = [
+      ("BPR two-stage within 1 point of fine-tuned DPR float", "dpr-flat", None, -0.01, True),
+      ("BPR two-stage above dpr-sign (post-hoc sign codes, same two-stage search)", "dpr-sign", None,
+       0.0, False),
+      ("BPR two-stage at least 5 points above LSH of equal bits", "dpr-lsh", None, 0.05, True),
+      ("BPR two-stage at or above PQ of equal bytes", "dpr-pq", None, 0.0, True),
+      ("BPR two-stage above untrained MiniLM float (documents as pair, as BPR encodes them)",
+       "minilm-float", "pair", 0.0, False),
+      ("BPR two-stage above untrained MiniLM float (documents single)", "minilm-float", "single",
+       0.0, False),
+  ]
+  out = []
+  for what, other, fmt, need, inclusive in checks:
+    v = get(other, fmt)
+    if v is None:
+      continue
+    margin = round(bpr - v, 6)
+    met = margin >= need if inclusive else margin > need
+    out.append({"target": what, "bpr_ndcg@10": bpr, "other": other + (f" ({fmt})" if fmt else ""),
+                "other_ndcg@10": v, "margin_points": round(100 * margin, 2),
+                "required_points": round(100 * need, 2), "met": bool(met)})
+  return out
+
+
 def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   import jax
   untrained = json.loads((work / "untrained_rows.json").read_text()) if (work / "untrained_rows.json").exists() else {}
@@ -503,6 +564,8 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   enc_times = json.loads((work / "encode_times.json").read_text()) if (work / "encode_times.json").exists() else {}
   sweeps = json.loads((work / "seed_sweeps.json").read_text()) if (work / "seed_sweeps.json").exists() else {}
   rows = [r for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
+  targets = target_checks(rows)
+  variants = {tag: finetuned_rows(work, tag) for tag in variant_tags(work)}
   measured = {r["name"] for r in rows}
   not_run = [n for n in ROW_NAMES if n not in measured]
   result = {
@@ -531,6 +594,8 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       "crosscheck_vs_transformers": cross,
       "seed_sweeps": sweeps,
       "rows": rows,
+      "targets": targets,
+      "variants": variants,
       "not_run": not_run,
   }
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -562,6 +627,26 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
               "| " + " | ".join(cols2) + " |", "|" + "|".join("---" for _ in cols2) + "|"]
     for r in finetuned:
       lines.append("| " + " | ".join(fmt_num(r.get(c)) for c in cols2) + " |")
+    lines.append("")
+  if targets:
+    lines += ["## Targets (BPR two-stage = bpr-flat, nDCG@10)", "",
+              "| target | BPR | vs | other | margin (points) | required | met |", "|---|---|---|---|---|---|---|"]
+    for t in targets:
+      lines.append(f"| {t['target']} | {t['bpr_ndcg@10']:.4f} | {t['other']} | {t['other_ndcg@10']:.4f} | "
+                   f"{t['margin_points']:+.2f} | {t['required_points']:+.2f} | {'yes' if t['met'] else 'NO'} |")
+    lines.append("")
+  if any(variants.values()):
+    cols3 = ["variant", "overrides", "name", "ndcg@10", "recall@10", "recall@100", "train_steps", "training_s"]
+    lines += ["## Variants tried (`--stage=finetune --tag=TAG --override=...`; same seed, data and batch "
+              "unless overridden; SciFact has no dev split, so these are test-set numbers, reported "
+              "as tried, not used to pick the main rows' settings silently)", "",
+              "| " + " | ".join(cols3) + " |", "|" + "|".join("---" for _ in cols3) + "|"]
+    for tag, vrows in variants.items():
+      for r in vrows:
+        if r["name"] in ("bpr-flat", "bpr-no-rerank", "dpr-flat", "dpr-sign"):
+          vals = [tag, " ".join(r.get("overrides", [])), r["name"], r["ndcg@10"], r["recall@10"],
+                  r["recall@100"], r.get("train_steps"), r.get("training_s")]
+          lines.append("| " + " | ".join(fmt_num(v) for v in vals) + " |")
     lines.append("")
   if sweeps:
     lines += ["## Seed sweeps (randomised rows, seeds 0-9)", "",
@@ -606,6 +691,9 @@ def main(argv=None) -> None:
   p.add_argument("--modes", default="bpr,dpr", help="finetune: which models to train")
   p.add_argument("--override", action="append", default=[],
                  help="finetune: extra config override a.b=v (repeatable), e.g. num_train_steps=100")
+  p.add_argument("--tag", default="",
+                 help="finetune: run a variant into WORK/ft-MODE-TAG (reported under 'Variants tried') "
+                      "instead of the main rows' WORK/ft-MODE")
   p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
   args = p.parse_args(argv)
   work = pathlib.Path(args.work_dir)
@@ -617,7 +705,7 @@ def main(argv=None) -> None:
   if args.stage in ("crosscheck", "all"):
     stage_crosscheck(work, formats)
   if args.stage == "finetune":
-    stage_finetune(work, [m for m in args.modes.split(",") if m], args.override)
+    stage_finetune(work, [m for m in args.modes.split(",") if m], args.override, args.tag)
   if args.stage in ("report", "all"):
     stage_report(work, pathlib.Path(args.results_dir))
 

@@ -435,6 +435,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("shard_index", None, "This shard (default: jax.process_index()).")
   flags.DEFINE_boolean("save_float", False, "Also save float32 embeddings.")
   flags.DEFINE_boolean("keep_chunks", False, "Keep chunk files after finishing.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                    "Compute dtype of the encoder (bfloat16: ~2x+ faster on GPU/TPU; a few code bits "
+                    "of near-zero components may differ from float32).")
   flags.mark_flags_as_required(["model", "passages", "output"])
 
 
@@ -455,7 +458,8 @@ def main(argv: Sequence[str]) -> None:
   try:
     if not f.passages.startswith("tfds:") and not os.path.isfile(f.passages):
       raise FileNotFoundError(f"passage file not found: {f.passages}")
-    model = load_exported(f.model)
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    model = load_exported(f.model, dtype=jnp.bfloat16 if f.dtype == "bfloat16" else jnp.float32)
     m = encode_corpus(model, f.passages, f.output, model_path=f.model, batch_size=f.batch_size,
                       chunk_size=f.chunk_size, num_shards=num_shards, shard_index=shard_index,
                       save_float=f.save_float, keep_chunks=f.keep_chunks)

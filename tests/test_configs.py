@@ -61,7 +61,7 @@ def test_scifact_paths_come_from_env(monkeypatch, tmp_path):
   assert c.model.hf_dir == str(tmp_path / "sh" / "models" / "all-MiniLM-L6-v2")
   assert c.data.beir_dir == str(tmp_path / "sh" / "data" / "scifact")
   assert c.data.hard_negatives_json == str(tmp_path / "hn.json")
-  assert (c.model.init, c.model.pooling, c.data.source) == ("hf", "cls", "beir")
+  assert (c.model.init, c.model.pooling, c.data.source) == ("hf", "mean", "beir")
 
 
 def test_scifact_defaults_without_env(monkeypatch):

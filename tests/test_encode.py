@@ -108,6 +108,15 @@ def test_encode_command(tiny, tmp_path):
   assert res.returncode == 0, res.stderr[-2000:]
   assert "encoded 37 passages x 32 bits" in res.stdout
   assert (tmp_path / "c" / "manifest.json").exists()
+  f32 = np.load(tmp_path / "c" / "codes.npy")
+  # bfloat16 compute: same shape; on a random tiny model most bits agree with float32.
+  res = subprocess.run([sys.executable, "-m", "bpr_jax.encode", f"--model={model_dir}",
+                        f"--passages={corpus}", f"--output={tmp_path / 'b'}", "--batch_size=16",
+                        "--dtype=bfloat16"], capture_output=True, text=True, env=env, check=False)
+  assert res.returncode == 0, res.stderr[-2000:]
+  bf16 = np.load(tmp_path / "b" / "codes.npy")
+  assert bf16.shape == f32.shape
+  assert (np.unpackbits(bf16) == np.unpackbits(f32)).mean() > 0.8
   res = subprocess.run([sys.executable, "-m", "bpr_jax.encode", f"--model={model_dir}",
                         f"--passages={tmp_path / 'missing.tsv'}", f"--output={tmp_path / 'd'}"],
                        capture_output=True, text=True, env=env, check=False)

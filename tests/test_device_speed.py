@@ -1,0 +1,201 @@
+"""DeviceHammingIndex (bpr_jax.device_search) and the benchmarks/device_speed.py smoke run."""
+import importlib.util
+import json
+import pathlib
+
+import faiss
+import numpy as np
+import pytest
+
+from bpr_jax.device_search import DeviceHammingIndex
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+  spec = importlib.util.spec_from_file_location("device_speed",
+                                                REPO_ROOT / "benchmarks" / "device_speed.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+bench = _load_bench()
+
+
+def _reference(db, q, k):
+  """Exact top-k by (distance, row): ties lower row first."""
+  ham = np.unpackbits(q[:, None] ^ db[None], axis=-1).sum(-1)
+  rows = np.lexsort((np.broadcast_to(np.arange(db.shape[0]), ham.shape), ham), axis=1)[:, :k]
+  return np.take_along_axis(ham, rows, 1).astype(np.int32), rows.astype(np.int64)
+
+
+def _faiss(db, q, k):
+  flat = faiss.IndexBinaryFlat(8 * db.shape[1])
+  flat.add(db)
+  return flat.search(q, k)
+
+
+@pytest.fixture(scope="module")
+def random_768():
+  rng = np.random.default_rng(0)
+  db = rng.integers(0, 256, (3000, 96), dtype=np.uint8)  # 3000 = 5 blocks of 512 + a tail of 440
+  q = rng.integers(0, 256, (5, 96), dtype=np.uint8)
+  return db, q
+
+
+@pytest.fixture(scope="module")
+def tied_64():
+  """64-bit codes with many duplicates: every distance is tied many times."""
+  rng = np.random.default_rng(1)
+  base = rng.integers(0, 256, (150, 8), dtype=np.uint8)
+  db = base[rng.integers(0, 150, 2500)]
+  q = rng.integers(0, 256, (5, 8), dtype=np.uint8)
+  return db, q
+
+
+@pytest.mark.parametrize("method", ["popcount", "matmul"])
+def test_matches_faiss(random_768, tied_64, method):
+  for db, q in (random_768, tied_64):
+    k = 50
+    index = DeviceHammingIndex(db, method=method, block=512, group=64)
+    assert index.nblocks == -(-db.shape[0] // 512) and index.n_tail > 0
+    dist, rows = index.search(q, k)
+    assert dist.dtype == np.int32 and rows.dtype == np.int64 and dist.shape == (5, k)
+    fd, fi = _faiss(db, q, k)
+    np.testing.assert_array_equal(dist, fd)
+    rd, rr = _reference(db, q, k)
+    np.testing.assert_array_equal(dist, rd)
+    np.testing.assert_array_equal(rows, rr)  # ties: lower row first
+    for i in range(q.shape[0]):  # rows agree with faiss wherever the distance is unique
+      uniq = [j for j in range(k) if (fd[i] == fd[i, j]).sum() == 1 and fd[i, j] < fd[i, -1]]
+      np.testing.assert_array_equal(rows[i, uniq], fi[i, uniq])
+
+
+def test_default_layout_int8_and_ungrouped(random_768):
+  db, q = random_768
+  rd, rr = _reference(db, q, 77)
+  for kw in (dict(), dict(method="matmul", matmul_dtype="int8"), dict(group=0, block=700)):
+    index = DeviceHammingIndex(db, **kw)
+    dist, rows = index.search(q, 77)
+    np.testing.assert_array_equal(dist, rd)
+    np.testing.assert_array_equal(rows, rr)
+  assert DeviceHammingIndex(db).method == "popcount"  # CPU backend default
+
+
+def test_fallback_keeps_results_exact(tied_64):
+  db, q = tied_64
+  index = DeviceHammingIndex(db, method="matmul", block=256, group=32, group_k=2)
+  dist, rows = index.search(q, 120)
+  assert index.last_fallback > 0 and index.fallback_queries == index.last_fallback
+  rd, rr = _reference(db, q, 120)
+  np.testing.assert_array_equal(dist, rd)
+  np.testing.assert_array_equal(rows, rr)
+  # The grouped pass alone flags every question whose result it cannot vouch for.
+  d1, r1, exact = index._run(q, 120, True)  # pylint: disable=protected-access
+  good = (d1 == rd).all(1) & (r1 == rr).all(1)
+  assert good[exact].all()
+
+
+def test_batches_split_padded_and_cached(random_768):
+  db, q = random_768
+  index = DeviceHammingIndex(db, block=1024, group=64, max_batch=4)
+  rd, rr = _reference(db, q, 10)
+  dist, rows = index.search(q, 10)  # 5 questions: calls of 4 and 1
+  np.testing.assert_array_equal(dist, rd)
+  np.testing.assert_array_equal(rows, rr)
+  shapes = index.compiled_shapes
+  index.search(q[:3], 10)  # padded to 4: compiled already
+  assert index.compiled_shapes == shapes == [(1, 10, True), (4, 10, True)]
+  d0, r0 = index.search(q[:0], 10)
+  assert d0.shape == (0, 10) and r0.shape == (0, 10)
+  d1, r1 = index.search(q[:1], 3000)  # k = N
+  assert sorted(r1[0].tolist()) == list(range(3000))
+
+
+def test_bad_inputs(random_768):
+  db, q = random_768
+  with pytest.raises(ValueError, match="uint8"):
+    DeviceHammingIndex(db.astype(np.int32))
+  with pytest.raises(ValueError, match="2-D"):
+    DeviceHammingIndex(db[0])
+  with pytest.raises(ValueError, match="multiple of 32"):
+    DeviceHammingIndex(db[:, :3])
+  with pytest.raises(ValueError, match="empty"):
+    DeviceHammingIndex(db[:0])
+  with pytest.raises(ValueError, match="method"):
+    DeviceHammingIndex(db, method="gpu")
+  with pytest.raises(ValueError, match="matmul_dtype"):
+    DeviceHammingIndex(db, matmul_dtype="float8")
+  with pytest.raises(ValueError, match="group"):
+    DeviceHammingIndex(db, group=16, group_k=16)
+  with pytest.raises(ValueError, match="block"):
+    DeviceHammingIndex(db, block=0)
+  index = DeviceHammingIndex(db[:100], block=64, group=32)
+  with pytest.raises(ValueError, match="k must be in"):
+    index.search(q, 101)
+  with pytest.raises(ValueError, match="k must be in"):
+    index.search(q, 0)
+  with pytest.raises(ValueError, match="k must be an integer"):
+    index.search(q, 2.5)
+  with pytest.raises(ValueError, match=r"\[B, 96\]"):
+    index.search(q[:, :48], 5)
+  with pytest.raises(ValueError, match=r"\[B, 96\]"):
+    index.search(q[0], 5)
+  with pytest.raises(ValueError, match="uint8"):
+    index.search(q.astype(np.int64), 5)
+
+
+def test_bench_helpers():
+  assert bench.parse_count("21M") == 21_000_000
+  assert bench.parse_count("20k") == 20_000
+  assert bench.parse_count("2.5M") == 2_500_000
+  assert bench.parse_count("5000") == 5000
+  for bad in ("x", "0", "1.5"):
+    with pytest.raises(Exception):
+      bench.parse_count(bad)
+  codes, q = bench.make_codes(3000, 6, centres=8, seed=0)
+  assert codes.shape == (3000, 96) and q.shape == (6, 96) and codes.dtype == np.uint8
+  rd, rr = _reference(codes, q, 40)
+  nd, nr = bench.numpy_topk(codes, q, 40, chunk=700)
+  np.testing.assert_array_equal(nd, rd)
+  np.testing.assert_array_equal(nr, rr)
+  # Structured: a question's nearest codes come from its own cluster (~168 bits, others ~384).
+  assert rd[:, 0].max() < 250
+
+
+def test_bench_smoke(tmp_path):
+  out = tmp_path / "device_speed.json"
+  result = bench.main([
+      "--n=5000", "--l=100", "--batch=16", "--repeats=2", "--encoder=tiny",
+      "--encode_batch=16", "--encode_batches=2", "--encode_warmup=1", "--length=64",
+      f"--output={out}"])
+  saved = json.loads(out.read_text())
+  assert saved["benchmark"] == "device_speed" and saved == json.loads(json.dumps(result))
+  for key in ("device_kind", "backend", "accelerator", "jax_version", "flax_version",
+              "python_version", "versions", "args", "hamming", "encode", "notes"):
+    assert key in saved, key
+  assert saved["accelerator"] is False and saved["backend"] == "cpu"
+  assert any("not the GPU targets" in n for n in saved["notes"])
+  rows = saved["hamming"]["rows"]
+  assert [r["method"] for r in rows] == ["popcount", "matmul"]
+  for r in rows:
+    for key in ("ms_per_batch_median", "ms_per_query", "build_s", "warmup_s", "meets_target",
+                "fallback_queries_timed"):
+      assert key in r, key
+    assert r["n"] == 5000 and r["batch"] == 16 and r["l"] == 100
+    assert r["check"]["checked"] and r["check"]["reference"] == "faiss" and r["check"]["passed"]
+  enc = saved["encode"]["rows"][0]
+  assert enc["encoder"] == "tiny" and enc["passages_per_s"] > 0 and enc["hours_for_21M"] > 0
+  assert enc["length"] == 64 and enc["padded_batch"] % saved["local_device_count"] == 0
+
+
+def test_bench_numpy_reference(tmp_path):
+  out = tmp_path / "ham.json"
+  result = bench.main(["--cases=hamming", "--methods=matmul", "--n=3000", "--l=30",
+                       "--batch=8", "--repeats=1", "--reference=numpy", "--check_queries=3",
+                       f"--output={out}"])
+  chk = result["hamming"]["rows"][0]["check"]
+  assert chk["reference"] == "numpy" and chk["queries"] == 3
+  assert chk["rows_equal"] and chk["passed"]
+  assert "encode" not in json.loads(out.read_text())
