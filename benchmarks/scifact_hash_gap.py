@@ -1,0 +1,87 @@
+"""How much of a fine-tuned SciFact model's accuracy its binary codes lose (train/test hash gap).
+
+For each fine-tuned run of `benchmarks/scifact.py --stage=finetune` (WORK/ft-bpr, ft-dpr and
+the --tag variants ft-MODE-TAG), encodes the 300 SciFact test questions with the run's exported
+question encoder and scores every document's saved float embedding (encode --save_float) by:
+  float-dot      <e_q, e_p>
+  float-cosine   <e_q, e_p> / |e_p|          (question norm does not change the ranking)
+  tanh-B         <e_q, tanh(B e_p)>          B = the run's last training beta and 10, 30, 100
+  sign           <e_q, sign(e_p)>            (BPR's rerank over all documents; 0 -> +1)
+and reports nDCG@10 / Recall@100. The distance between tanh at the final training beta and sign
+is the train/test mismatch of BPR's hash layer.
+
+  OPENBLAS_NUM_THREADS=1 python benchmarks/scifact_hash_gap.py --work_dir=/tmp/scifact-bench
+
+Results: benchmarks/results/scifact_hash_gap.json (and a table on stdout).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+
+def evaluate(scores: np.ndarray, ids: list[str], questions) -> dict:
+  from bpr_jax.metrics import ndcg_at_k, recall_at_k
+  top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
+  run = {qid: [ids[j] for j in top[i]] for i, qid in enumerate(questions.qids)}
+  return {"ndcg@10": round(ndcg_at_k(questions.qrels, run, 10), 4),
+          "recall@100": round(recall_at_k(questions.qrels, run, 100), 4)}
+
+
+def one_run(d: pathlib.Path, beir_dir: pathlib.Path) -> dict:
+  from bpr_jax.evaluate import load_beir
+  from bpr_jax.export import load_exported
+  ids = [str(x) for x in np.load(d / "codes" / "ids.npy").tolist()]
+  emb = np.load(d / "codes" / "embeddings.npy")
+  questions = load_beir(beir_dir, "test", ids)
+  q = load_exported(d / "model").encode_questions(questions.texts)
+  metrics = [json.loads(l) for l in (d / "train" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+  config = json.loads((d / "train" / "config.json").read_text())
+  final_beta = max((m["beta"] for m in metrics if "beta" in m), default=None)
+  out = {"mode": config["mode"], "train_steps": max(m["step"] for m in metrics),
+         "final_logged_beta": final_beta, "scores": {}}
+  out["scores"]["float-dot"] = evaluate(q @ emb.T, ids, questions)
+  out["scores"]["float-cosine"] = evaluate(q @ (emb / np.linalg.norm(emb, axis=1, keepdims=True)).T,
+                                           ids, questions)
+  betas = sorted({10.0, 30.0, 100.0} | ({round(final_beta, 2)} if final_beta else set()))
+  for b in betas:
+    out["scores"][f"tanh-{b:g}"] = evaluate(q @ np.tanh(b * emb).T, ids, questions)
+  out["scores"]["sign"] = evaluate(q @ np.where(emb >= 0, 1.0, -1.0).T, ids, questions)
+  return out
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--work_dir", default=os.environ.get("BPR_SCIFACT_WORK", "/tmp/bpr-scifact-bench"))
+  p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "scifact_hash_gap.json"))
+  args = p.parse_args(argv)
+  shared = pathlib.Path(os.environ.get("BPR_SHARED_DIR") or REPO.parent / "shared")
+  work = pathlib.Path(args.work_dir)
+  runs = sorted(d for d in work.glob("ft-*") if (d / "codes" / "embeddings.npy").exists()
+                and (d / "model").is_dir())
+  if not runs:
+    raise SystemExit(f"no fine-tuned runs with saved float embeddings under {work}")
+  results = {}
+  for d in runs:
+    results[d.name] = r = one_run(d, shared / "data" / "scifact")
+    print(f"{d.name} ({r['mode']}, {r['train_steps']} steps, final beta {r['final_logged_beta']}):")
+    for name, v in r["scores"].items():
+      print(f"  {name:14s} nDCG@10 {v['ndcg@10']:.4f}  R@100 {v['recall@100']:.4f}")
+  out = pathlib.Path(args.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({"benchmark": "scifact_hash_gap", "split": "test", "runs": results},
+                            indent=2) + "\n")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()
