@@ -10,9 +10,12 @@ byte, using ``np.packbits(e >= 0, bitorder="big")``:
 A set bit means +1 and a clear bit means -1.  At d = 768 this is 96 bytes per
 passage.  This is the layout faiss binary indexes expect (they only require
 that question and passage codes use the same layout, since Hamming distance is
-a popcount of XOR).  For the JAX Hamming kernel the bytes are regrouped into
-uint32 words with ``codes_to_uint32``; the word byte order does not matter for
-popcount as long as questions and passages use the same conversion.
+a popcount of XOR); ``bpr_jax.device_search`` reads the same bytes as uint32
+words on the device.
+
+``binarize`` is h = sign(e) as float32 +-1 (the test-time hash layer, e.g. for
+scoring <e_q, h_p> against unpacked codes); ``pack_codes`` stores the same
+signs as bits and ``unpack_codes`` gives them back.
 """
 from __future__ import annotations
 
@@ -65,17 +68,3 @@ def unpack_codes(codes: np.ndarray, d: int | None = None) -> np.ndarray:
   out *= 2.0
   out -= 1.0
   return out
-
-
-def codes_to_uint32(codes: np.ndarray) -> np.ndarray:
-  """Regroups uint8 codes [N, d/8] into uint32 words [N, d/32].
-
-  Requires ``d`` to be a multiple of 32.  Words are read in little-endian byte
-  order (a plain ``view``); any fixed order works for Hamming distance.
-  """
-  codes = _check_2d(codes, "codes")
-  if codes.dtype != np.uint8:
-    raise ValueError(f"codes must be uint8, got {codes.dtype}")
-  if codes.shape[1] % 4:
-    raise ValueError(f"code bits must be a multiple of 32, got {8 * codes.shape[1]}")
-  return np.ascontiguousarray(codes).view("<u4").reshape(codes.shape[0], -1)

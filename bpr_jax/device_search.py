@@ -17,19 +17,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
+from bpr_jax.shapes import next_pow2
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 # A single-block database is cut into at least this many groups (auto group size).
 _MIN_GROUPS = 64
 
 
-def _next_pow2(n: int) -> int:
-  return 1 << max(0, (int(n) - 1).bit_length())
-
-
 def _code_words(codes: jax.Array) -> jax.Array:
-  """uint8 [..., nb] -> uint32 [..., nb/4] (little-endian words, as ``codes_to_uint32``)."""
+  """uint8 [..., nb] -> uint32 [..., nb/4]: little-endian words (a numpy ``view("<u4")``).
+
+  Any fixed byte order gives the same Hamming distance (popcount of XOR) as
+  long as questions and passages use the same one.
+  """
   return jax.lax.bitcast_convert_type(codes.reshape(*codes.shape[:-1], -1, 4), jnp.uint32)
 
 
@@ -164,8 +164,8 @@ class DeviceHammingIndex:
 
   The packed codes are put on the device once, at construction (padded to a
   whole number of blocks); ``search`` sends only the questions and gets back
-  only the top-k, unlike ``hamming_topk_jax``, which transfers the whole
-  database on every call.
+  only the top-k.  It is the one JAX Hamming top-k of the package (the host
+  path is faiss, ``bpr_jax.search``).
 
   Each search scans the database block by block (``lax.scan``) and merges a
   running top-k.  Distances of a question batch to a block come from
@@ -204,9 +204,9 @@ class DeviceHammingIndex:
       and k).
     device: the device (default: ``jax.devices()[0]``).
 
-  ``search`` returns the same as ``hamming_topk_jax``: (distances int32
-  [B, k] ascending, rows int64 [B, k]), lower rows first among equal
-  distances.  ``fallback_queries`` counts the questions searched again.
+  ``search`` returns (distances int32 [B, k] ascending, rows int64 [B, k]),
+  lower rows first among equal distances.  ``fallback_queries`` counts the
+  questions searched again.
   """
 
   METHODS = ("popcount", "matmul")
@@ -308,7 +308,7 @@ class DeviceHammingIndex:
 
   def _run(self, q: np.ndarray, k: int, grouped: bool):
     bsz = q.shape[0]
-    bp = _next_pow2(bsz)
+    bp = next_pow2(bsz)
     qp = np.zeros((bp, self.code_bytes), np.uint8)
     qp[:bsz] = q
     dist, rows, exact = self._fn(bp, k, grouped)(self.codes, jax.device_put(qp, self.device))

@@ -7,12 +7,14 @@ cache folder. Later runs memory-map those arrays, and `get` reads each passage
 with one positioned read (`os.pread`), so lookups are thread-safe and the
 resident memory stays small.
 
-Supported formats:
-  * DPR TSV: `id<TAB>text<TAB>title` with a header line naming the columns (the
-    column order is taken from the header; without a header the order above is
-    assumed). Fields may be CSV-quoted (`"a ""quoted"" word"`).
+Supported formats, with the rules of `bpr_jax.data.passages` (the reader
+`bpr_jax.encode` uses, so row r here is row r of an index):
+  * DPR TSV: `id<TAB>text<TAB>title`, optionally with a header line naming the
+    columns in any order (`tsv_header`); every record needs the three columns
+    and a non-empty id (`tsv_passage`). Fields may be CSV-quoted
+    (`"a ""quoted"" word"`).
   * BEIR JSONL (`corpus.jsonl`): one object per line with `_id` (or `id`),
-    `title` and `text`.
+    `title` and `text` (`parse_corpus_line`).
 
 The cache is a folder whose name embeds the corpus file's size and mtime, so
 any change to the file invalidates it; it is built in a temporary folder and
@@ -21,7 +23,6 @@ renamed into place, so readers never see a half-written index.
 from __future__ import annotations
 
 import array
-import csv
 import dataclasses
 import hashlib
 import json
@@ -34,7 +35,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-_INDEX_VERSION = 1
+from bpr_jax.data.examples import DataError
+from bpr_jax.data.passages import (TsvColumns, parse_corpus_line, split_tsv_line, tsv_header,
+                                   tsv_passage)
+
+_INDEX_VERSION = 2  # 2: the rules of bpr_jax.data.passages (header on the first non-blank line)
 _CACHE_SUFFIX = ".pidx"
 _OFFSETS = "offsets.npy"
 _IDS = "ids.npy"
@@ -44,8 +49,8 @@ _META = "meta.json"
 logger = logging.getLogger(__name__)
 
 
-class PassageFormatError(ValueError):
-  """The passage file cannot be parsed."""
+class PassageFormatError(DataError):
+  """The passage file cannot be parsed ("FILE:LINE: message")."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +80,11 @@ def _detect_kind(path: pathlib.Path) -> str:
 
 def _split_tsv(line: bytes) -> list[str]:
   """Splits one TSV record (without its newline), honouring CSV quoting."""
-  text = line.decode("utf-8")
-  if '"' not in text:
-    return text.split("\t")
-  return next(csv.reader([text], delimiter="\t", quotechar='"'))
+  return split_tsv_line(line.decode("utf-8"))
+
+
+def _columns(layout: "_Layout") -> TsvColumns:
+  return TsvColumns(layout.id_col, layout.text_col, layout.title_col)
 
 
 def _strip_newline(line: bytes) -> bytes:
@@ -105,6 +111,7 @@ class PassageStore:
     self.index_dir = self._load_or_build()
     meta = json.loads((self.index_dir / _META).read_text())
     self._layout = _Layout(meta["kind"], meta["id_col"], meta["text_col"], meta["title_col"])
+    self._columns = _columns(self._layout)
     self._offsets = np.load(self.index_dir / _OFFSETS, mmap_mode="r")
     self._ids = np.load(self.index_dir / _IDS, mmap_mode="r")
     self._order = np.load(self.index_dir / _ORDER, mmap_mode="r")
@@ -206,15 +213,18 @@ class PassageStore:
   # ----------------------------------------------------------------- internals
 
   def _parse(self, line: bytes, row: int) -> tuple[str, str]:
-    lay = self._layout
-    if lay.kind == "jsonl":
-      obj = json.loads(line)
-      return str(obj.get("title") or ""), str(obj.get("text") or "")
-    fields = _split_tsv(line)
-    need = max(lay.text_col, lay.title_col)
-    if len(fields) <= need:
-      fields = fields + [""] * (need + 1 - len(fields))
-    return fields[lay.title_col], fields[lay.text_col]
+    where = f"row {row}"
+    try:  # Rows passed these rules when the index was built; this fails if the file changed.
+      text = line.decode("utf-8")
+      if self._layout.kind == "jsonl":
+        p = parse_corpus_line(str(self.path), where, text)
+      else:
+        p = tsv_passage(split_tsv_line(text), self._columns)
+    except DataError as e:
+      raise PassageFormatError(str(e)) from None
+    except ValueError as e:
+      raise PassageFormatError(f"{self.path}:{where}: {e}") from None
+    return p.title, p.text
 
   def _load_or_build(self) -> pathlib.Path:
     st = self.path.stat()
@@ -264,35 +274,28 @@ def _valid_index(folder: pathlib.Path, st: os.stat_result) -> bool:
           and all((folder / f).is_file() for f in (_OFFSETS, _IDS, _ORDER)))
 
 
-def _tsv_layout(header: bytes | None) -> _Layout:
-  if header is None:
-    return _Layout("tsv")
-  cols = [c.strip().lower() for c in _split_tsv(header)]
+def _tsv_layout(path: pathlib.Path, lineno: int, header: bytes) -> _Layout | None:
+  """The layout a first non-blank line declares, or None when it is a record."""
   try:
-    return _Layout("tsv", cols.index("id"), cols.index("text"), cols.index("title"))
-  except ValueError:
-    raise PassageFormatError(
-        f"TSV header {cols} must name the columns 'id', 'text' and 'title'") from None
+    columns = tsv_header(_split_tsv(header))
+  except ValueError as e:
+    raise PassageFormatError(f"{path}:{lineno}: {e}") from None
+  if columns is None:
+    return None
+  return _Layout("tsv", columns.id, columns.text, columns.title)
 
 
 def _record_id(line: bytes, layout: _Layout, path: pathlib.Path, lineno: int) -> bytes:
-  if layout.kind == "jsonl":
-    try:
-      obj = json.loads(line)
-    except ValueError as e:
-      raise PassageFormatError(f"{path}:{lineno}: invalid JSON ({e})") from None
-    if not isinstance(obj, dict):
-      raise PassageFormatError(f"{path}:{lineno}: expected a JSON object")
-    pid = obj.get("_id", obj.get("id"))
-    if pid is None:
-      raise PassageFormatError(f"{path}:{lineno}: record has no '_id' or 'id'")
-    return str(pid).encode("utf-8")
-  if layout.id_col == 0 and b'"' not in line[:1]:
-    return line.split(b"\t", 1)[0].strip()
-  fields = _split_tsv(line)
-  if len(fields) <= layout.id_col:
-    raise PassageFormatError(f"{path}:{lineno}: expected an id in column {layout.id_col}")
-  return fields[layout.id_col].strip().encode("utf-8")
+  """The id of one record, which must pass the reader's rules (`bpr_jax.data.passages`)."""
+  try:
+    text = line.decode("utf-8")
+    if layout.kind == "jsonl":
+      return parse_corpus_line(str(path), lineno, text).id.encode("utf-8")
+    return tsv_passage(split_tsv_line(text), _columns(layout)).id.encode("utf-8")
+  except DataError as e:  # already "FILE:LINE: message"
+    raise PassageFormatError(str(e)) from None
+  except ValueError as e:  # tsv_passage's rule, or invalid UTF-8
+    raise PassageFormatError(f"{path}:{lineno}: {e}") from None
 
 
 def _build_index(path: pathlib.Path, kind: str, out: pathlib.Path, st: os.stat_result) -> None:
@@ -301,6 +304,7 @@ def _build_index(path: pathlib.Path, kind: str, out: pathlib.Path, st: os.stat_r
   starts = array.array("q")  # Compact while scanning tens of millions of lines.
   ids: list[bytes] = []
   layout = _Layout(kind)
+  first = True
   offset = 0
   end = 0
   with open(path, "rb") as f:
@@ -312,10 +316,11 @@ def _build_index(path: pathlib.Path, kind: str, out: pathlib.Path, st: os.stat_r
         start += 3
       if not body.strip():
         continue
-      if kind == "tsv" and lineno == 1:
-        cols = {c.strip().lower() for c in _split_tsv(body)}
-        if "id" in cols:  # A header line; it must name id, text and title.
-          layout = _tsv_layout(body)
+      if kind == "tsv" and first:
+        first = False
+        header = _tsv_layout(path, lineno, body)
+        if header is not None:  # A header line (it names id, text and title).
+          layout = header
           continue
       ids.append(_record_id(body, layout, path, lineno))
       starts.append(start)

@@ -14,7 +14,7 @@ the 256 byte values v, so a candidate's score is the sum of 96 table entries
 questions and is ~3x faster than unpacking the codes to floats.
 
 For an ``ivf`` index the reranking codes are read from the inverted lists of
-the memory-mapped index file (``bpr_jax.index.IVFListCodes``); ``nprobe``
+the memory-mapped index file (``bpr_jax.index.ivf.IVFListCodes``); ``nprobe``
 (lists probed) can be set per call.
 
 Threads: stage 1 runs with faiss's OpenMP threads.  ``Retriever(threads=)``
@@ -25,6 +25,9 @@ benchmarks/results/search_speed.md.
 
 Ablations: ``rerank=False`` returns the Hamming order with score
 ``<h_q, h_p> = d - 2 * hamming``; ``candidates=False`` reranks every passage.
+
+Exact Hamming top-k on an accelerator (codes resident on the device) is
+``bpr_jax.device_search.DeviceHammingIndex``, the one JAX implementation.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import numpy as np
 
 from bpr_jax.codes import pack_codes, unpack_codes
 from bpr_jax.index import BinaryIndex
+from bpr_jax.shapes import next_pow2
 
 # Questions per jitted rerank call; batches are padded up to a power of two
 # (at most this) so only a handful of shapes are ever compiled.
@@ -79,14 +83,6 @@ def _rerank_block(q_emb: jax.Array, cand_codes: jax.Array, valid: jax.Array, k: 
   return jax.lax.top_k(scores, k)
 
 
-def _block_size(n: int) -> int:
-  """Smallest power of two >= n, capped at RERANK_BLOCK."""
-  size = 1
-  while size < min(n, RERANK_BLOCK):
-    size *= 2
-  return size
-
-
 def rerank_candidates(q_emb: np.ndarray, codes: np.ndarray, cand_rows: np.ndarray,
            k: int) -> tuple[np.ndarray, np.ndarray]:
   """Stage 2: reranks candidate rows by <e_q, h_p>.
@@ -106,12 +102,12 @@ def rerank_candidates(q_emb: np.ndarray, codes: np.ndarray, cand_rows: np.ndarra
   out_rows = np.full((bsz, k), -1, dtype=np.int64)
   if bsz == 0 or l == 0 or k == 0:
     return out_scores, out_rows
-  block = _block_size(bsz)
+  block = next_pow2(min(bsz, RERANK_BLOCK))  # RERANK_BLOCK is a power of two
   nbytes = codes.shape[1]
   # k is a static argument of the jitted block: bucket it (power of two, at most l) so that
   # requests with many different k compile a handful of shapes, not one each.
   k_out = k
-  k = min(l, 1 << max(0, (k - 1).bit_length()))
+  k = min(l, next_pow2(k))
   for s in range(0, bsz, block):
     rows = cand_rows[s:s + block]
     n = rows.shape[0]
@@ -237,68 +233,6 @@ def two_stage_search(q_emb: np.ndarray, index: BinaryIndex, *, k: int, l: int = 
     return _pad(scores.astype(np.float32), rows, k)
   sc, rr = rerank_candidates(q_emb, index.codes, rows, min(k, l_eff))
   return _pad(sc, rr, k)
-
-
-# ---------------------------------------------------------------------------
-# Exact Hamming top-k in JAX (device-side alternative to faiss, and a check).
-
-
-@functools.partial(jax.jit, static_argnames=("k",))
-def _hamming_topk_blocks(q: jax.Array, db_blocks: jax.Array, n_valid: jax.Array, k: int):
-  """Scans database blocks [C, c, W], merging a running top-k."""
-  bsz, w = q.shape
-  c = db_blocks.shape[1]
-  worst = jnp.int32(32 * w + 1)
-
-  def step(carry, xs):
-    best_d, best_i = carry
-    blk, base = xs
-    dist = jax.lax.population_count(q[:, None, :] ^ blk[None, :, :]).astype(jnp.int32).sum(-1)
-    idx = base + jnp.arange(c, dtype=jnp.int32)
-    dist = jnp.where(idx[None, :] < n_valid, dist, worst)
-    cat_d = jnp.concatenate([best_d, dist], axis=1)
-    cat_i = jnp.concatenate([best_i, jnp.broadcast_to(idx, (bsz, c))], axis=1)
-    neg, pos = jax.lax.top_k(-cat_d, k)
-    return (-neg, jnp.take_along_axis(cat_i, pos, axis=1)), None
-
-  init = (jnp.full((bsz, k), worst, jnp.int32), jnp.full((bsz, k), -1, jnp.int32))
-  bases = jnp.arange(db_blocks.shape[0], dtype=jnp.int32) * c
-  (best_d, best_i), _ = jax.lax.scan(step, init, (db_blocks, bases))
-  return best_d, best_i
-
-
-def hamming_topk_jax(q_codes_u32: np.ndarray, db_codes_u32: np.ndarray, k: int, *,
-                     block: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-  """Exact Hamming top-k: XOR + popcount on uint32 words, then lax.top_k.
-
-  The database is scanned in blocks of ``block`` codes so memory stays
-  O(B * block) whatever N is.
-
-  Args:
-    q_codes_u32: uint32 [B, W] question codes (``codes_to_uint32``).
-    db_codes_u32: uint32 [N, W] passage codes.
-    k: neighbours per question (<= N).
-    block: database codes per scan step.
-
-  Returns:
-    (distances [B, k] int32 ascending, rows [B, k] int64); among equal
-    distances lower rows come first.
-  """
-  q = np.asarray(q_codes_u32)
-  db = np.asarray(db_codes_u32)
-  if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
-    raise ValueError(f"code shapes do not match: questions {q.shape}, database {db.shape}")
-  if q.dtype != np.uint32 or db.dtype != np.uint32:
-    raise ValueError(f"codes must be uint32, got {q.dtype} and {db.dtype}")
-  n = db.shape[0]
-  if not 1 <= k <= n:
-    raise ValueError(f"k must be in [1, N={n}], got {k}")
-  c = min(block, n)
-  nblocks = -(-n // c)
-  if nblocks * c != n:
-    db = np.concatenate([db, np.zeros((nblocks * c - n, db.shape[1]), np.uint32)])
-  dist, rows = _hamming_topk_blocks(q, db.reshape(nblocks, c, -1), jnp.int32(n), k)
-  return np.asarray(dist), np.asarray(rows).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""DeviceHammingIndex (bpr_jax.device_search) and the benchmarks/device_speed.py smoke run."""
+"""DeviceHammingIndex (bpr_jax.device_search), the package's one JAX Hamming top-k, and the
+benchmarks/device_speed.py smoke run."""
 import importlib.util
 import json
 import pathlib
@@ -7,6 +8,10 @@ import faiss
 import numpy as np
 import pytest
 
+import jax.numpy as jnp
+
+from bpr_jax import device_search
+from bpr_jax.codes import pack_codes
 from bpr_jax.device_search import DeviceHammingIndex
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -70,6 +75,39 @@ def test_matches_faiss(random_768, tied_64, method):
     for i in range(q.shape[0]):  # rows agree with faiss wherever the distance is unique
       uniq = [j for j in range(k) if (fd[i] == fd[i, j]).sum() == 1 and fd[i, j] < fd[i, -1]]
       np.testing.assert_array_equal(rows[i, uniq], fi[i, uniq])
+
+
+def test_gaussian_codes_small_blocks_match_faiss():
+  """Codes packed from embeddings, many small blocks, grouped and ungrouped selection."""
+  rng = np.random.default_rng(4)
+  db = pack_codes(rng.standard_normal((1000, 64)))
+  qc = pack_codes(rng.standard_normal((7, 64)))
+  fd, fi = _faiss(db, qc, 20)
+  ham = np.unpackbits(qc[:, None] ^ db[None], axis=-1).sum(-1)
+  for group in (None, 0):
+    index = DeviceHammingIndex(db, block=128, group=group)
+    jd, ji = index.search(qc, 20)
+    np.testing.assert_array_equal(jd, fd)
+    np.testing.assert_array_equal(np.take_along_axis(ham, ji, 1), jd)
+    for i in range(7):  # ids agree except among ties at the 20th distance
+      cut = jd[i, -1]
+      assert set(ji[i][jd[i] < cut]) == set(fi[i][fd[i] < cut])
+    with pytest.raises(ValueError, match="k must be"):
+      index.search(qc, 1001)
+
+
+def test_code_words_hamming_matches_bytes():
+  """The device's uint32 words are the bytes' little-endian view; popcount over them is Hamming."""
+  rng = np.random.default_rng(2)
+  a = pack_codes(rng.standard_normal((4, 384)))
+  b = pack_codes(rng.standard_normal((6, 384)))
+  ham8 = np.unpackbits(a[:, None] ^ b[None], axis=-1).sum(-1)
+  a32 = np.asarray(device_search._code_words(jnp.asarray(a)))  # pylint: disable=protected-access
+  b32 = np.asarray(device_search._code_words(jnp.asarray(b)))  # pylint: disable=protected-access
+  assert a32.dtype == np.uint32 and a32.shape == (4, 12)
+  np.testing.assert_array_equal(a32, a.view("<u4"))
+  ham32 = np.array([[sum(bin(int(x)).count("1") for x in (p ^ q)) for q in b32] for p in a32])
+  np.testing.assert_array_equal(ham8, ham32)
 
 
 def test_default_layout_int8_and_ungrouped(random_768):

@@ -92,7 +92,7 @@ def test_beir_jsonl(tmp_path: pathlib.Path) -> None:
   assert store.get(["3", "d1", "d2"]) == [("Int id", "three"), ("Über", "naïve text\twith tab"),
                                           ("", "no title")]
   bad = _write(tmp_path / "bad.jsonl", '{"_id": "a", "text": "x"}\n{not json}\n')
-  with pytest.raises(PassageFormatError, match=r"bad.jsonl:2: invalid JSON"):
+  with pytest.raises(PassageFormatError, match=r"bad.jsonl:2: malformed JSON"):
     PassageStore(bad, cache_dir=tmp_path / "c")
 
 
@@ -161,3 +161,36 @@ def test_scifact_corpus(scifact_dir: pathlib.Path, tmp_path: pathlib.Path) -> No
   sample = records[::97] + records[-1:]
   got = store.get([r["_id"] for r in sample])
   assert got == [(r["title"], r["text"]) for r in sample]
+
+
+@pytest.mark.parametrize("text", [
+    DPR_TSV,
+    "title\tid\ttext\nT1\tp1\tx1\nT2\tp2\t\"quoted \"\"x\"\"\"\n",  # header in another order
+    "7\tseven\tSeven\n8\teight\tEight\n",  # no header
+    "\ufeffid\ttext\ttitle\n\n1\ta\tA\n",  # byte-order mark, blank line
+    "\n\nid\ttext\ttitle\textra\n5\tfive\tFive\tjunk\n",  # header after blank lines, extra column
+])
+def test_same_rows_as_the_encode_reader(tmp_path: pathlib.Path, text: str) -> None:
+  """Row r of the store is passage r of bpr_jax.data.passages (what encode and the index use)."""
+  from bpr_jax.data.passages import count_passages, iter_passages  # pylint: disable=import-outside-toplevel
+  path = _write(tmp_path / "p.tsv", text)
+  store = PassageStore(path, cache_dir=tmp_path / "c")
+  passages = list(iter_passages(path))
+  assert len(store) == len(passages) == count_passages(path)
+  assert [store.id_at(r) for r in range(len(store))] == [p.id for p in passages]
+  assert store.get_rows(range(len(store))) == [(p.title, p.text) for p in passages]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("id\ttext\ttitle\n1\ttwo fields\n", "expected 3 tab-separated fields"),
+    ("id\ttext\ttitle\n \tno id\tT\n", "empty passage id"),
+    ("id\ttext\n1\tx\n", "must name the columns"),
+])
+def test_same_errors_as_the_encode_reader(tmp_path: pathlib.Path, text: str, message: str) -> None:
+  from bpr_jax.data.examples import DataError  # pylint: disable=import-outside-toplevel
+  from bpr_jax.data.passages import iter_passages  # pylint: disable=import-outside-toplevel
+  path = _write(tmp_path / "p.tsv", text)
+  with pytest.raises(PassageFormatError, match=message):
+    PassageStore(path, cache_dir=tmp_path / "c")
+  with pytest.raises(DataError, match=message):
+    list(iter_passages(path))

@@ -1,11 +1,11 @@
-"""Tests for bpr_jax.search: two-stage retrieval, ablations, JAX Hamming."""
+"""Tests for bpr_jax.search: two-stage retrieval and ablations (JAX Hamming: test_device_speed.py)."""
 import faiss
 import numpy as np
 import pytest
 
-from bpr_jax.codes import binarize, codes_to_uint32, pack_codes, unpack_codes
+from bpr_jax.codes import binarize, pack_codes, unpack_codes
 from bpr_jax.index import BinaryIndex
-from bpr_jax.search import Retriever, hamming_topk_jax, two_stage_search
+from bpr_jax.search import Retriever, two_stage_search
 
 D = 32
 
@@ -109,24 +109,6 @@ def test_batch_independent_of_block_padding():
   s_one, r_one = two_stage_search(q[137:138], index, k=5, l=50)
   np.testing.assert_allclose(s_all[137:138], s_one, rtol=1e-6)
   np.testing.assert_array_equal(r_all[137:138], r_one)
-
-
-def test_hamming_topk_jax_matches_faiss():
-  rng = np.random.default_rng(4)
-  db = pack_codes(rng.standard_normal((1000, 64)))
-  qc = pack_codes(rng.standard_normal((7, 64)))
-  flat = faiss.IndexBinaryFlat(64)
-  flat.add(db)
-  fd, fi = flat.search(qc, 20)
-  jd, ji = hamming_topk_jax(codes_to_uint32(qc), codes_to_uint32(db), 20, block=128)
-  np.testing.assert_array_equal(jd, fd)
-  ham = np.unpackbits(qc[:, None] ^ db[None], axis=-1).sum(-1)
-  np.testing.assert_array_equal(np.take_along_axis(ham, ji, 1), jd)
-  for i in range(7):  # ids agree except among ties at the 20th distance
-    cut = jd[i, -1]
-    assert set(ji[i][jd[i] < cut]) == set(fi[i][fd[i] < cut])
-  with pytest.raises(ValueError, match="k must be"):
-    hamming_topk_jax(codes_to_uint32(qc), codes_to_uint32(db), 1001)
 
 
 class _FakeModel:

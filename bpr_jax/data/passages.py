@@ -1,17 +1,24 @@
 """Passage collections: DPR `psgs_w100.tsv` and BEIR `corpus.jsonl`.
 
-The TSV has a header `id\ttext\ttitle` and csv-style quoting (DPR writes the
-text in double quotes with inner quotes doubled); `.gz` files are read as a
-stream. The format is chosen by extension (.tsv/.jsonl, optionally .gz) and
-otherwise by the first non-blank character ('{' means JSON lines).
+The TSV rules, shared with `bpr_jax.passage_store` (`tsv_header`, `tsv_passage`):
+the first non-blank line is a header when one of its fields is `id`; a header
+must name `id`, `text` and `title` (any order, case-insensitive, other columns
+ignored). Without one the columns are `id<TAB>text<TAB>title` (DPR's order).
+Every record needs those columns and a non-empty id. Fields use csv-style
+quoting (DPR writes the text in double quotes with inner quotes doubled); a
+leading UTF-8 byte-order mark is ignored; `.gz` files are read as a stream.
+The format is chosen by extension (.tsv/.jsonl, optionally .gz) and otherwise
+by the first non-blank character ('{' means JSON lines).
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
 import gzip
 import io
 import itertools
 import os
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence
 
 from bpr_jax.data.examples import Passage, data_error, json_object, tsv_rows
 
@@ -19,9 +26,57 @@ TSV_HEADER = ("id", "text", "title")
 
 
 def _open_text(path: str) -> IO[str]:
+  # utf-8-sig: a leading byte-order mark is dropped, as PassageStore drops it.
   if path.endswith(".gz"):
-    return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-  return open(path, "r", encoding="utf-8", newline="")
+    return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+  return open(path, "r", encoding="utf-8-sig", newline="")
+
+
+@dataclasses.dataclass(frozen=True)
+class TsvColumns:
+  """Positions of the id, text and title fields of a passage TSV."""
+  id: int = 0
+  text: int = 1
+  title: int = 2
+
+  @property
+  def width(self) -> int:
+    return max(self.id, self.text, self.title) + 1
+
+
+def tsv_header(fields: Sequence[str]) -> TsvColumns | None:
+  """The header rule (see the module docstring): columns of a header line, or None.
+
+  `fields` is the first non-blank line, split. Returns None when it is not a
+  header (no field is `id`); raises ValueError for a header that does not name
+  `id`, `text` and `title`.
+  """
+  cols = [f.strip().lower() for f in fields]
+  if cols:
+    cols[0] = cols[0].lstrip("\ufeff").strip()
+  if "id" not in cols:
+    return None
+  if any(c not in cols for c in TSV_HEADER):
+    raise ValueError(f"TSV header {cols} must name the columns 'id', 'text' and 'title'")
+  return TsvColumns(cols.index("id"), cols.index("text"), cols.index("title"))
+
+
+def tsv_passage(fields: Sequence[str], columns: TsvColumns) -> Passage:
+  """The record rule: one split TSV line -> Passage; ValueError when it is malformed."""
+  if len(fields) < columns.width:
+    raise ValueError(f"expected {columns.width} tab-separated fields (id, text, title), "
+                     f"found {len(fields)}")
+  pid = fields[columns.id].strip()
+  if not pid:
+    raise ValueError("empty passage id")
+  return Passage(id=pid, title=fields[columns.title], text=fields[columns.text])
+
+
+def split_tsv_line(line: str) -> list[str]:
+  """Splits one TSV record (without its newline), honouring csv quoting (as `tsv_rows`)."""
+  if '"' not in line:
+    return line.split("\t")
+  return next(csv.reader([line], delimiter="\t", quotechar='"'))
 
 
 def passage_format(path: str | os.PathLike) -> str:
@@ -44,22 +99,27 @@ def _iter_tsv(path: str, start: int) -> Iterator[Passage]:
     rows = tsv_rows(path, f)
     first = next(rows, None)
     if first is None:
-      raise data_error(path, 1, "empty file; expected a header 'id<TAB>text<TAB>title'")
-    header_line, header = first
-    cols = [h.strip().lower() for h in header]
-    if cols[:3] != list(TSV_HEADER):
-      raise data_error(path, header_line, f"expected header 'id<TAB>text<TAB>title', found {header!r}")
+      raise data_error(path, 1, "empty file; expected passages (id<TAB>text<TAB>title)")
+    try:
+      columns = tsv_header(first[1])
+    except ValueError as e:
+      raise data_error(path, first[0], str(e)) from None
+    if columns is None:  # no header: the first line is already a record
+      columns = TsvColumns()
+      rows = itertools.chain([first], rows)
     n = 0
     for line, row in rows:
-      if len(row) < 3:
-        raise data_error(path, line, f"expected 3 tab-separated fields (id, text, title), found {len(row)}")
-      pid = row[0].strip()
-      if not pid:
-        raise data_error(path, line, "empty passage id")
+      try:
+        passage = tsv_passage(row, columns)
+      except ValueError as e:
+        if line == first[0]:
+          raise data_error(path, line, f"expected header 'id<TAB>text<TAB>title' or a passage "
+                           f"record ({e}): {row!r}") from None
+        raise data_error(path, line, str(e)) from None
       n += 1
       if n <= start:
         continue
-      yield Passage(id=pid, title=row[2], text=row[1])
+      yield passage
 
 
 def _iter_jsonl(path: str, start: int) -> Iterator[Passage]:
@@ -169,9 +229,21 @@ def count_passages(path: str | os.PathLike) -> int:
   if tail not in (b"\n", b""):
     n += 1
   n -= blank
-  if passage_format(path) == "tsv" and n > 0:
+  if passage_format(path) == "tsv" and n > 0 and _tsv_has_header(path):
     n -= 1
   return max(n, 0)
+
+
+def _tsv_has_header(path: str) -> bool:
+  """True when the first non-blank line of a TSV file is a header (`tsv_header`)."""
+  with _open_text(path) as f:
+    first = next(tsv_rows(path, f), None)
+  if first is None:
+    return False
+  try:
+    return tsv_header(first[1]) is not None
+  except ValueError:
+    return True  # a malformed header is still a header line; iter_passages reports it
 
 
 def first_passages(path: str | os.PathLike, n: int) -> list[Passage]:

@@ -1,0 +1,246 @@
+"""A saved binary index: ``save_index`` writes the folder, ``BinaryIndex.load`` reads it.
+
+Folder layout::
+
+  index.faiss   faiss binary index (``write_index_binary``)
+  codes.npy     uint8 [N, code_bits/8] packed sign codes, memory-mappable,
+                used for stage-2 reranking (hash indexes cannot reconstruct);
+                not written for ivf (reranking reads the inverted lists,
+                ``bpr_jax.index.ivf``)
+  ids.npy       passage ids (``bpr_jax.index.ids``)
+  meta.json     kind, code_bits, num_passages, hash settings, sha256 and size
+                of every file; written last, so its presence marks a
+                complete index
+
+For ivf, memory is the lists' code + 8 bytes per passage (code + row id);
+``ids.npy`` is memory-mapped too.  ``build_from_codes_dir`` goes from an
+encode output (``bpr_jax.index.codes_dir``) to a saved folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from bpr_jax.index.builders import build_index, flat_codes_view, index_settings
+from bpr_jax.index.codes_dir import load_codes_dir
+from bpr_jax.index.ids import normalize_ids
+from bpr_jax.index.ivf import ivf_codes_view, renumber_ivf_file
+from bpr_jax.io import (atomic_save_npy, atomic_write_json, check_file, file_record, load_npy,
+                        read_json, temp_path)
+
+INDEX_FORMAT = "bpr-index-v1"
+
+
+def save_index(out_dir: str | os.PathLike, index, codes: np.ndarray, ids: Sequence[Any],
+               meta: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Saves an index folder (layout in the module docstring); returns meta.
+
+  Every file goes through a temp name and a rename; ``meta.json`` is written
+  last with the sha256 of the others.  For ivf, rows are renumbered into
+  inverted-list order in the written file (``index`` itself is unchanged) and
+  ``ids.npy`` is permuted to match; no ``codes.npy`` is written.
+  """
+  import faiss  # pylint: disable=import-outside-toplevel
+
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  codes = np.asarray(codes)
+  ids = normalize_ids(ids)
+  if codes.shape[0] != ids.shape[0]:
+    raise ValueError(f"codes has {codes.shape[0]} rows but ids has {ids.shape[0]}")
+  if index.ntotal != codes.shape[0]:
+    raise ValueError(f"index holds {index.ntotal} codes but codes has {codes.shape[0]} rows")
+  if index.d != codes.shape[1] * 8:
+    raise ValueError(f"index dimension {index.d} != code bits {codes.shape[1] * 8}")
+  (out / "meta.json").unlink(missing_ok=True)  # an index being rewritten is incomplete
+  settings = index_settings(index)
+  is_ivf = settings["kind"] == "ivf"
+  tmp = temp_path(out / "index.faiss")
+  try:
+    faiss.write_index_binary(index, str(tmp))
+    if is_ivf:
+      order = renumber_ivf_file(tmp, index)
+      ids = ids[order]
+    os.replace(tmp, out / "index.faiss")
+  finally:
+    tmp.unlink(missing_ok=True)
+  if is_ivf:
+    (out / "codes.npy").unlink(missing_ok=True)
+  else:
+    atomic_save_npy(out / "codes.npy", np.ascontiguousarray(codes, dtype=np.uint8))
+  atomic_save_npy(out / "ids.npy", ids)
+  full = dict(meta or {})
+  full.update(settings)
+  names = ("index.faiss", "ids.npy") if is_ivf else ("index.faiss", "codes.npy", "ids.npy")
+  full.update({
+      "format": INDEX_FORMAT,
+      "code_bits": int(codes.shape[1] * 8),
+      "num_passages": int(codes.shape[0]),
+      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      "files": {name: file_record(out / name) for name in names},
+  })
+  atomic_write_json(out / "meta.json", full)
+  return full
+
+
+def build_from_codes_dir(codes_dir: str | os.PathLike, out_dir: str | os.PathLike, kind: str,
+                         *, hash_bits: int | None = None, nflip: int | None = None,
+                         nhash: int | None = None, nlist: int | None = None,
+                         nprobe: int | None = None, train_size: int | None = None,
+                         verify: bool = True) -> dict[str, Any]:
+  """Reads an encode output, builds an index of ``kind`` and saves it."""
+  src = load_codes_dir(codes_dir, verify=verify)
+  index = build_index(src.codes, kind, hash_bits=hash_bits, nflip=nflip, nhash=nhash,
+                      nlist=nlist, nprobe=nprobe, train_size=train_size)
+  first = src.manifests[0]
+  meta = {
+      "source": str(pathlib.Path(codes_dir).resolve()),
+      "model": first.get("model"),
+      "passages": first.get("passages"),
+      "num_shards": len(src.manifests),
+  }
+  return save_index(out_dir, index, src.codes, src.ids, meta)
+
+
+
+@dataclasses.dataclass
+class BinaryIndex:
+  """A loaded binary index.
+
+  Attributes:
+    index: the faiss binary index (stage-1 candidates).
+    codes: uint8 [N, code_bits/8] codes for reranking.  For ``flat`` this is a
+      zero-copy view of the faiss index's own storage (no second copy in
+      memory); for a loaded ``ivf`` an ``IVFListCodes`` reading the inverted
+      lists; otherwise ``codes.npy``, memory-mapped when ``mmap``.
+    ids: passage ids [N] (int64 or unicode); row i has id ``ids[i]``.
+    meta: the contents of ``meta.json`` (``code_bits``, ``kind``, ...).
+    path: the folder it was loaded from (None when built in memory).
+  """
+
+  index: Any
+  codes: np.ndarray
+  ids: np.ndarray
+  meta: dict[str, Any]
+  path: pathlib.Path | None = None
+
+  @property
+  def code_bits(self) -> int:
+    return int(self.meta["code_bits"])
+
+  @property
+  def kind(self) -> str:
+    return str(self.meta["kind"])
+
+  @property
+  def ntotal(self) -> int:
+    return int(self.codes.shape[0])
+
+  @property
+  def bytes_per_passage(self) -> float:
+    return self.code_bits / 8
+
+  @property
+  def nprobe(self) -> int | None:
+    """ivf lists probed per question (None for other kinds)."""
+    return int(self.index.nprobe) if self.kind == "ivf" else None
+
+  @nprobe.setter
+  def nprobe(self, value: int) -> None:
+    if self.kind != "ivf":
+      raise ValueError(f"nprobe applies to ivf indexes, not {self.kind}")
+    if not 1 <= int(value) <= int(self.index.nlist):
+      raise ValueError(f"nprobe must be in [1, nlist={int(self.index.nlist)}], got {value}")
+    self.index.nprobe = int(value)
+
+  def memory_bytes(self) -> int:
+    """Bytes held for search: faiss index + ids (+ codes when stored apart).
+
+    For ivf the codes live in the inverted lists (counted in the faiss file).
+    """
+    if self.path is not None and (self.path / "index.faiss").exists():
+      faiss_bytes = (self.path / "index.faiss").stat().st_size
+    else:
+      faiss_bytes = self.ntotal * self.code_bits // 8
+      if self.kind == "ivf":
+        faiss_bytes += 8 * self.ntotal + int(self.index.nlist) * self.code_bits // 8
+    extra = 0 if self.kind in ("flat", "ivf") else int(self.codes.nbytes)
+    return int(faiss_bytes + self.ids.nbytes + extra)
+
+  def ids_of(self, rows: np.ndarray) -> list[str]:
+    """Passage ids (as str) for an array of rows; row -1 gives ""."""
+    rows = np.asarray(rows).reshape(-1)
+    return ["" if r < 0 else str(self.ids[r]) for r in rows.tolist()]
+
+  @classmethod
+  def from_arrays(cls, codes: np.ndarray, ids: Sequence[Any] | None = None, kind: str = "flat",
+                  **kwargs) -> "BinaryIndex":
+    """Builds an in-memory index (tests, benchmarks).
+
+    For ivf, ``codes`` stays a separate in-memory array (rows in input order);
+    only a saved and loaded ivf index reranks from its inverted lists.
+    """
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    ids = normalize_ids(np.arange(codes.shape[0]) if ids is None else ids)
+    if ids.shape[0] != codes.shape[0]:
+      raise ValueError(f"codes has {codes.shape[0]} rows but ids has {ids.shape[0]}")
+    index = build_index(codes, kind, **kwargs)
+    meta = dict(index_settings(index), code_bits=codes.shape[1] * 8,
+                num_passages=codes.shape[0], format=INDEX_FORMAT)
+    if kind == "flat":
+      codes = flat_codes_view(index, codes.shape[1])
+    return cls(index=index, codes=codes, ids=ids, meta=meta)
+
+  @classmethod
+  def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "BinaryIndex":
+    """Loads an index folder written by ``save_index``.
+
+    Raises clear errors for a missing or incomplete folder, truncated files,
+    checksum mismatches (sha256 checked when ``verify``) and length mismatches.
+    """
+    import faiss  # pylint: disable=import-outside-toplevel
+
+    path = pathlib.Path(path)
+    mpath = path / "meta.json"
+    if not mpath.exists():
+      raise FileNotFoundError(f"{path}: no meta.json; not a (complete) BPR index folder")
+    meta = read_json(mpath)
+    if meta.get("format") != INDEX_FORMAT:
+      raise ValueError(f"{mpath}: not a {INDEX_FORMAT} index")
+    files = meta.get("files", {})
+    is_ivf = meta.get("kind") == "ivf"
+    names = ("index.faiss", "ids.npy") if is_ivf else ("index.faiss", "codes.npy", "ids.npy")
+    for name in names:
+      check_file(path / name, files.get(name), verify)
+    ids = load_npy(path / "ids.npy", mmap=mmap and is_ivf)
+    try:
+      flags_ = faiss.IO_FLAG_MMAP_IFC if (is_ivf and mmap) else 0
+      index = faiss.read_index_binary(str(path / "index.faiss"), flags_)
+    except RuntimeError as e:
+      raise ValueError(f"{path}/index.faiss: cannot read faiss index ({e})") from None
+    nbytes = meta["code_bits"] // 8
+    if index.d != meta["code_bits"]:
+      raise ValueError(f"{path}: faiss index has d={index.d}, meta says {meta['code_bits']}")
+    if meta["kind"] == "flat":
+      codes = flat_codes_view(index, nbytes)
+    elif meta["kind"] == "ivf":
+      if not isinstance(index, faiss.IndexBinaryIVF):
+        raise ValueError(f"{path}: meta says ivf but index.faiss is {type(index).__name__}")
+      codes = ivf_codes_view(path / "index.faiss", index)
+      codes.check_ids()
+      if "nprobe" in meta:
+        index.nprobe = int(meta["nprobe"])
+    else:
+      codes = load_npy(path / "codes.npy", mmap=mmap)
+    if codes.ndim != 2 or codes.shape[1] != nbytes:
+      raise ValueError(f"{path}: codes shape {codes.shape} does not match code_bits {meta['code_bits']}")
+    if not codes.shape[0] == ids.shape[0] == index.ntotal == meta["num_passages"]:
+      raise ValueError(
+          f"{path}: length mismatch: codes {codes.shape[0]}, ids {ids.shape[0]}, "
+          f"index {index.ntotal}, meta {meta['num_passages']}")
+    return cls(index=index, codes=codes, ids=ids, meta=meta, path=path)
