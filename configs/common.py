@@ -66,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.alpha = 2.0             # margin of L_cand (paper; the original code's default was 0.1)
   c.loss.gamma = 0.1             # beta = sqrt(gamma * step + 1)
   c.loss.cand_reduction = "mean"  # 'mean' over (question, negative) pairs (original code) or 'sum' (paper)
+  c.loss.relaxation = "tanh"     # 'tanh' (paper) or 'ste' (forward sign, gradient of tanh; original --use_ste)
+  c.loss.cand_loss = "margin"    # 'margin' (paper) or 'ce' (original --use_binary_cross_entropy_loss)
+  c.loss.terms = "both"          # 'both' (L_cand + L_rerank), 'cand' (--no_dense_loss), 'rerank' (--no_binary_loss)
+  c.loss.beta_schedule = "gamma"  # 'gamma': sqrt(gamma step + 1); 'final': same shape reaching final_beta at the end
+  c.loss.final_beta = 0.0        # with beta_schedule='final' (>= 1), e.g. 43 (the paper's runs end near it)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 2e-5
