@@ -50,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.model.init in ("hf", "random"), f"model.init must be 'hf' or 'random', got {config.model.init!r}")
   check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
   check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
+  check(config.model.code_bits >= 0, f"model.code_bits must be >= 0 (0: no code head), got {config.model.code_bits}")
   check(config.model.param_sharding in parallel.PARAM_RULES,
         f"model.param_sharding must be one of {parallel.PARAM_RULES}, got {config.model.param_sharding!r}")
   if config.model.init == "hf":
@@ -160,10 +161,11 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
   """(BiEncoder, params) with params born sharded on `mesh` (or ShapeDtypeStructs if abstract)."""
   dtype = DTYPES[config.model.dtype]
   shared = config.model.shared_encoder
+  code_bits = int(config.model.get("code_bits", 0))  # configs saved before the option have none
 
   def make(seed: int) -> BertEncoder:
     return BertEncoder(bert, pooling=config.model.pooling, dtype=dtype, remat=config.model.remat,
-                       rngs=nnx.Rngs(seed))
+                       code_bits=code_bits, rngs=nnx.Rngs(seed))
 
   def init():
     q = make(config.seed)
@@ -179,9 +181,18 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
     from bpr_jax.models import hf
     state_dict = hf.load_state_dict(config.model.hf_dir)
     module = hf.bert_from_state_dict(bert, state_dict, pooling=config.model.pooling, dtype=dtype)
-    host = BiEncoder.from_modules(module, None)[1]["shared"]
-    host = jax.tree.map(np.asarray, host)
-    params = {"shared": host} if shared else {"question": host, "passage": host}
+    if module.code_bits not in (0, code_bits):
+      raise ValueError(f"{config.model.hf_dir} has a {module.code_bits}-dim code head but "
+                       f"model.code_bits is {code_bits}")
+    host = jax.tree.map(np.asarray, BiEncoder.from_modules(module, None)[1]["shared"])
+
+    def with_head(seed: int) -> dict:
+      """The checkpoint's weights plus a freshly initialised code head (if asked and absent)."""
+      if not code_bits or module.code_bits:
+        return host
+      return {**host, "code_head": jax.tree.map(np.asarray, nnx.split(make(seed).code_head)[1].to_pure_dict())}
+    params = ({"shared": with_head(config.seed)} if shared else
+              {"question": with_head(config.seed), "passage": with_head(config.seed + 1)})
     return biencoder, parallel.host_to_global(params, shardings)
   params = jax.jit(lambda: init()[1], out_shardings=shardings)()
   return biencoder, params
@@ -569,6 +580,6 @@ def restore_for_export(workdir: str, step: int | None = None):
   settings = {"mode": config.mode, "pooling": config.model.pooling,
               "question_max_length": config.data.question_max_length,
               "passage_max_length": config.data.passage_max_length,
-              "code_bits": bert.hidden_size, "hidden_size": bert.hidden_size,
+              "code_bits": q_model.output_dim, "hidden_size": bert.hidden_size,
               "shared_encoder": bool(config.model.shared_encoder)}
   return q_model, p_model, tokenizer, settings

@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.dropout = 0.1          # < 0 keeps the checkpoint's own rates
   c.model.param_sharding = "replicated"  # or 'fsdp'
+  c.model.code_bits = 0          # 0: the code is the pooled vector (paper); N > 0: dense + LayerNorm to N dims
   c.model.bert = ml_collections.ConfigDict(dict(
       vocab_size=0, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
       intermediate_size=3072, max_position_embeddings=512))
