@@ -58,15 +58,14 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks.common import REPO, log, shared_dir  # noqa: E402
 
 DOC_FORMATS = ("single", "pair")
 MAX_LENGTH = 256
@@ -84,14 +83,6 @@ REFERENCE = {
 }
 # Randomised rows -> their seed sweep (random hyperplanes / k-means initialisation).
 RANDOM_ROWS = {"minilm-lsh": "lsh-gaussian", "minilm-pq": "pq"}
-
-
-def shared_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("BPR_SHARED_DIR", str(REPO.parent / "shared")))
-
-
-def log(msg: str) -> None:
-  print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ----------------------------------------------------------------------------- encode
@@ -650,9 +641,7 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   not_run = [n for n in ROW_NAMES if n not in measured]
   result = {
       "benchmark": "scifact", "split": "test", "num_queries": 300, "num_docs": 5183,
-      "max_length": MAX_LENGTH, "jax_version": jax.__version__, "backend": jax.default_backend(),
-      "cpu_count": os.cpu_count(), "platform": platform.platform(),
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "max_length": MAX_LENGTH, "jax_version": jax.__version__, **common.machine_info(),
       "notes": [
           "2-core CPU shared with other agents' jobs: ms/query and encode/training times are noisy.",
           "Untrained rows: all-MiniLM-L6-v2 as released, float32, mean pooling, length 256; queries "
@@ -679,7 +668,7 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       "not_run": not_run,
   }
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "scifact.json").write_text(json.dumps(result, indent=2) + "\n")
+  common.write_result(out_dir / "scifact.json", result)
 
   lines = ["# SciFact (BEIR test: 300 queries, 5,183 documents)", "",
            "Produced by `benchmarks/scifact.py` (see its docstring for the commands). "
