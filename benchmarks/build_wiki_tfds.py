@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import shutil
 import sys
@@ -21,8 +20,8 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
 
-from bpr_jax.data.examples import atomic_write_text  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_passages", 200_000, "Passages in the generated TSV.")
@@ -78,14 +77,13 @@ def main(argv):
         "passages_per_s": round(FLAGS.num_passages / build_s),
         "estimated_psgs_w100_21m_min": round(build_s / FLAGS.num_passages * 21_015_324 / 60, 1),
         "random_read_us": round(read_us, 1),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
         "tfds": tfds.__version__,
+        **common.machine_info(with_jax=False),
     }
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   print(json.dumps(result, indent=1))
-  atomic_write_text(FLAGS.output, json.dumps(result, indent=1) + "\n")
+  common.write_result(FLAGS.output, result)
 
 
 if __name__ == "__main__":

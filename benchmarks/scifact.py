@@ -24,7 +24,11 @@ Stages (each caches its output in --work_dir, so re-running skips finished work)
                 minilm-sign-rerank-all  (extra) every document scored by <e_q, sign(e_p)>
   crosscheck  compares the first 16 cached query / document embeddings with transformers'
               BertModel + mean pooling (torch), an independent check of encoder and tokeniser.
-  finetune    runs the project's commands (configs/scifact.py docstring) for BPR and DPR from
+  finetune    carves a seeded dev split out of SciFact train (WORK/scifact-split: 100 of the 809
+              train queries, numpy seed 0; see make_dev_split), trains on the rest, evaluates on
+              dev (eval-KIND-dev.json, where settings are chosen: select_on_dev marks the chosen
+              BPR row per code size "selected_on_dev") and on test (eval-KIND.json, reported).
+              It runs the project's commands (configs/scifact.py docstring) for BPR and DPR from
               MiniLM with the same seed, batch and steps: mine_negatives, main (train, timed),
               export, encode --save_float, index (flat; hash for BPR), evaluate --k=10,100
               (DPR also with the float baselines flat_ip/hnsw/lsh/pq). Rows: bpr-flat, bpr-hash,
@@ -54,15 +58,14 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks.common import REPO, log, shared_dir  # noqa: E402
 
 DOC_FORMATS = ("single", "pair")
 MAX_LENGTH = 256
@@ -80,14 +83,6 @@ REFERENCE = {
 }
 # Randomised rows -> their seed sweep (random hyperplanes / k-means initialisation).
 RANDOM_ROWS = {"minilm-lsh": "lsh-gaussian", "minilm-pq": "pq"}
-
-
-def shared_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("BPR_SHARED_DIR", str(REPO.parent / "shared")))
-
-
-def log(msg: str) -> None:
-  print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # ----------------------------------------------------------------------------- encode
@@ -405,6 +400,76 @@ FINETUNED_NAMES = {
 }
 
 
+DEV_QUERIES = 100
+DEV_SEED = 0
+
+
+def make_dev_split(beir_dir: pathlib.Path, out_dir: pathlib.Path, num_dev: int = DEV_QUERIES,
+                   seed: int = DEV_SEED) -> dict:
+  """A BEIR folder whose train qrels lose `num_dev` seeded queries to a new dev split.
+
+  SciFact has no dev split, so settings are chosen on one carved out of train: the query ids of
+  qrels/train.tsv, sorted, permuted with numpy's default_rng(seed); the first `num_dev` become
+  qrels/dev.tsv, the rest qrels/train.tsv. corpus.jsonl, queries.jsonl and qrels/test.tsv are
+  linked, not copied. Written under a temp name and renamed; an existing split with other
+  settings is an error. Returns the split's description (also in split.json).
+  """
+  import shutil
+  import tempfile
+  beir_dir, out_dir = pathlib.Path(beir_dir).resolve(), pathlib.Path(out_dir)
+  want = {"source": str(beir_dir), "num_dev": num_dev, "seed": seed}
+  if (out_dir / "split.json").exists():
+    have = json.loads((out_dir / "split.json").read_text())
+    if {k: have.get(k) for k in want} != want:
+      raise SystemExit(f"{out_dir} holds another dev split ({ {k: have.get(k) for k in want} }); delete it")
+    return have
+  lines = (beir_dir / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()
+  header, rows = (lines[0], lines[1:]) if lines and lines[0].startswith("query-id") else (None, lines)
+  rows = [r for r in rows if r.strip()]
+  qids = sorted({r.split("\t")[0] for r in rows})
+  if not 0 < num_dev < len(qids):
+    raise SystemExit(f"num_dev must be in (0, {len(qids)}), got {num_dev}")
+  order = np.random.default_rng(seed).permutation(len(qids))
+  dev = {qids[i] for i in order[:num_dev]}
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+  try:
+    (tmp / "qrels").mkdir()
+    for name, keep in (("train", lambda q: q not in dev), ("dev", lambda q: q in dev)):
+      body = [r for r in rows if keep(r.split("\t")[0])]
+      (tmp / "qrels" / f"{name}.tsv").write_text("\n".join(([header] if header else []) + body) + "\n",
+                                                 encoding="utf-8")
+    for rel in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+      os.symlink(beir_dir / rel, tmp / rel)
+    info = dict(want, dev_query_ids=sorted(dev), num_train_queries=len(qids) - num_dev)
+    (tmp / "split.json").write_text(json.dumps(info, indent=1) + "\n")
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return info
+
+
+def select_on_dev(rows: list[dict], name: str = "bpr-flat") -> list[dict]:
+  """Marks, per bytes_per_passage, the test row of the `name` run whose dev nDCG@10 is best.
+
+  `rows` hold both splits (field 'split'); a run is identified by its 'variant' ('' = main). The
+  chosen test row gets "selected_on_dev": true (ties: the main run, then the first tag). Test
+  numbers never take part in the choice.
+  """
+  dev = [r for r in rows if r["name"] == name and r.get("split") == "dev"]
+  best: dict = {}
+  for r in sorted(dev, key=lambda r: (r.get("variant", "") != "", r.get("variant", ""))):
+    key = r["bytes_per_passage"]
+    if key not in best or r["ndcg@10"] > best[key]["ndcg@10"]:
+      best[key] = r
+  chosen = {(r["bytes_per_passage"], r.get("variant", "")) for r in best.values()}
+  for r in rows:
+    if r["name"] == name and r.get("split") == "test":
+      r["selected_on_dev"] = (r["bytes_per_passage"], r.get("variant", "")) in chosen
+  return rows
+
+
 def run_command(cmd: list[str], env: dict, log_path: pathlib.Path) -> float:
   """Runs a project command (output to log_path); returns its wall time in seconds."""
   import subprocess
@@ -428,12 +493,14 @@ def run_dir(work: pathlib.Path, mode: str, tag: str = "") -> pathlib.Path:
 def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "") -> None:
   """Mine, train, export, encode, index and evaluate with the project's commands."""
   py = sys.executable
-  beir = shared_dir() / "data" / "scifact"
+  work.mkdir(parents=True, exist_ok=True)
+  # train on SciFact train minus a seeded dev split; settings are chosen on dev, test is reported
+  beir = work / "scifact-split"
+  make_dev_split(shared_dir() / "data" / "scifact", beir)
   corpus = beir / "corpus.jsonl"
   hn = work / "hard_negatives_train.json"
   env = dict(os.environ, BPR_SHARED_DIR=str(shared_dir()), BPR_SCIFACT_HARD_NEGATIVES=str(hn))
   env.setdefault("OPENBLAS_NUM_THREADS", "1")
-  work.mkdir(parents=True, exist_ok=True)
   if not hn.exists():
     run_command([py, "-m", "bpr_jax.mine_negatives", f"--beir_dir={beir}", "--split=train",
                  f"--output={hn}"], env, work / "mine.log")
@@ -456,7 +523,8 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
       times_path.write_text(json.dumps(times, indent=2) + "\n")
 
     step("train", [py, "-m", "bpr_jax.main", "--config=configs/scifact.py", f"--workdir={d / 'train'}",
-                   f"--config.mode={mode}"] + [f"--config.{o}" for o in overrides], d / "train" / "config.json")
+                   f"--config.mode={mode}", f"--config.data.beir_dir={beir}"]
+         + [f"--config.{o}" for o in overrides], d / "train" / "config.json")
     step("export", [py, "-m", "bpr_jax.export", f"--workdir={d / 'train'}", f"--output={d / 'model'}"],
          d / "model" / "bpr.json")
     step("encode", [py, "-m", "bpr_jax.encode", f"--model={d / 'model'}", f"--passages={corpus}",
@@ -466,19 +534,21 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
       step(f"index-{kind}", [py, "-m", "bpr_jax.index", f"--codes={d / 'codes'}", f"--kind={kind}",
                              f"--output={d / f'index-{kind}'}"], d / f"index-{kind}" / "meta.json")
       baselines = "flat_ip,hnsw,lsh,pq" if mode == "dpr" else ""
-      step(f"evaluate-{kind}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}",
-                                f"--index={d / f'index-{kind}'}", f"--passages={corpus}",
-                                f"--beir_dir={beir}", "--split=test", "--k=10,100",
-                                f"--baselines={baselines}", f"--embeddings={d / 'codes'}",
-                                "--num_single=50", f"--output={d / f'eval-{kind}.json'}"],
-           d / f"eval-{kind}.json")
+      for split, suffix in (("dev", "-dev"), ("test", "")):
+        out = d / f"eval-{kind}{suffix}.json"
+        step(f"evaluate-{kind}{suffix}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}",
+                                          f"--index={d / f'index-{kind}'}", f"--passages={corpus}",
+                                          f"--beir_dir={beir}", f"--split={split}", "--k=10,100",
+                                          f"--baselines={baselines}", f"--embeddings={d / 'codes'}",
+                                          "--num_single=50", f"--output={out}"], out)
 
 
-def finetuned_rows(work: pathlib.Path, tag: str = "") -> list[dict]:
+def finetuned_rows(work: pathlib.Path, tag: str = "", split: str = "test") -> list[dict]:
+  """Rows of one run (main or --tag) on `split` ('test': eval-KIND.json, 'dev': eval-KIND-dev.json)."""
   rows = []
   for (mode, kind), names in FINETUNED_NAMES.items():
     d = run_dir(work, mode, tag)
-    path = d / f"eval-{kind}.json"
+    path = d / (f"eval-{kind}-dev.json" if split == "dev" else f"eval-{kind}.json")
     if not path.exists():
       continue
     times = json.loads((d / "times.json").read_text())
@@ -488,7 +558,7 @@ def finetuned_rows(work: pathlib.Path, tag: str = "") -> list[dict]:
       key = "pq" if r["name"].startswith("pq") else r["name"]  # 'pqB' when N < 256 (B bits)
       if key not in names:
         continue
-      row = dict(r, name=names[key], evaluate_row=r["name"], mode=mode,
+      row = dict(r, name=names[key], evaluate_row=r["name"], mode=mode, split=split,
                  train_steps=max(steps) if steps else None, batch_size=config["batch_size"],
                  seed=config["seed"], question_max_length=config["data"]["question_max_length"],
                  passage_max_length=config["data"]["passage_max_length"],
@@ -559,20 +629,19 @@ def target_checks(rows: list[dict]) -> list[dict]:
 def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   import jax
   untrained = json.loads((work / "untrained_rows.json").read_text()) if (work / "untrained_rows.json").exists() else {}
-  finetuned = finetuned_rows(work)
+  finetuned = finetuned_rows(work) + finetuned_rows(work, split="dev")
   cross = json.loads((work / "crosscheck.json").read_text()) if (work / "crosscheck.json").exists() else None
   enc_times = json.loads((work / "encode_times.json").read_text()) if (work / "encode_times.json").exists() else {}
   sweeps = json.loads((work / "seed_sweeps.json").read_text()) if (work / "seed_sweeps.json").exists() else {}
-  rows = [r for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
-  targets = target_checks(rows)
-  variants = {tag: finetuned_rows(work, tag) for tag in variant_tags(work)}
+  rows = [dict(r, split="test") for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
+  variants = {tag: finetuned_rows(work, tag) + finetuned_rows(work, tag, "dev") for tag in variant_tags(work)}
+  select_on_dev(finetuned + [r for v in variants.values() for r in v])  # marks the chosen test rows
+  targets = target_checks([r for r in rows if r.get("split") != "dev"])
   measured = {r["name"] for r in rows}
   not_run = [n for n in ROW_NAMES if n not in measured]
   result = {
       "benchmark": "scifact", "split": "test", "num_queries": 300, "num_docs": 5183,
-      "max_length": MAX_LENGTH, "jax_version": jax.__version__, "backend": jax.default_backend(),
-      "cpu_count": os.cpu_count(), "platform": platform.platform(),
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "max_length": MAX_LENGTH, "jax_version": jax.__version__, **common.machine_info(),
       "notes": [
           "2-core CPU shared with other agents' jobs: ms/query and encode/training times are noisy.",
           "Untrained rows: all-MiniLM-L6-v2 as released, float32, mean pooling, length 256; queries "
@@ -599,7 +668,7 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       "not_run": not_run,
   }
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "scifact.json").write_text(json.dumps(result, indent=2) + "\n")
+  common.write_result(out_dir / "scifact.json", result)
 
   lines = ["# SciFact (BEIR test: 300 queries, 5,183 documents)", "",
            "Produced by `benchmarks/scifact.py` (see its docstring for the commands). "
@@ -621,8 +690,8 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       lines.append("| " + " | ".join(fmt_num(v) for v in vals) + " |")
     lines.append("")
   if finetuned:
-    cols2 = ["name", "ndcg@10", "recall@10", "recall@100", "bytes_per_passage", "index_bytes",
-             "ms_per_query", "ms_per_query_single", "train_steps", "training_s"]
+    cols2 = ["name", "split", "ndcg@10", "recall@10", "recall@100", "bytes_per_passage", "index_bytes",
+             "ms_per_query", "ms_per_query_single", "train_steps", "training_s", "selected_on_dev"]
     lines += ["## Fine-tuned from MiniLM (configs/scifact.py)", "",
               "| " + " | ".join(cols2) + " |", "|" + "|".join("---" for _ in cols2) + "|"]
     for r in finetuned:
@@ -636,7 +705,8 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
                    f"{t['margin_points']:+.2f} | {t['required_points']:+.2f} | {'yes' if t['met'] else 'NO'} |")
     lines.append("")
   if any(variants.values()):
-    cols3 = ["variant", "overrides", "name", "ndcg@10", "recall@10", "recall@100", "train_steps", "training_s"]
+    cols3 = ["variant", "overrides", "name", "split", "ndcg@10", "recall@10", "recall@100", "train_steps",
+             "training_s", "selected_on_dev"]
     lines += ["## Variants tried (`--stage=finetune --tag=TAG --override=...`; same seed, data and batch "
               "unless overridden; SciFact has no dev split, so these are test-set numbers, reported "
               "as tried, not used to pick the main rows' settings silently)", "",
@@ -644,8 +714,8 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
     for tag, vrows in variants.items():
       for r in vrows:
         if r["name"] in ("bpr-flat", "bpr-no-rerank", "dpr-flat", "dpr-sign"):
-          vals = [tag, " ".join(r.get("overrides", [])), r["name"], r["ndcg@10"], r["recall@10"],
-                  r["recall@100"], r.get("train_steps"), r.get("training_s")]
+          vals = [tag, " ".join(r.get("overrides", [])), r["name"], r.get("split"), r["ndcg@10"], r["recall@10"],
+                  r["recall@100"], r.get("train_steps"), r.get("training_s"), r.get("selected_on_dev")]
           lines.append("| " + " | ".join(fmt_num(v) for v in vals) + " |")
     lines.append("")
   if sweeps:

@@ -24,9 +24,8 @@ import sys
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks.common import REPO, shared_dir, write_result  # noqa: E402
 
 
 def evaluate(scores: np.ndarray, ids: list[str], questions) -> dict:
@@ -64,7 +63,7 @@ def main(argv=None) -> None:
   p.add_argument("--work_dir", default=os.environ.get("BPR_SCIFACT_WORK", "/tmp/bpr-scifact-bench"))
   p.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "scifact_hash_gap.json"))
   args = p.parse_args(argv)
-  shared = pathlib.Path(os.environ.get("BPR_SHARED_DIR") or REPO.parent / "shared")
+  shared = shared_dir()
   work = pathlib.Path(args.work_dir)
   runs = sorted(d for d in work.glob("ft-*") if (d / "codes" / "embeddings.npy").exists()
                 and (d / "model").is_dir())
@@ -76,10 +75,7 @@ def main(argv=None) -> None:
     print(f"{d.name} ({r['mode']}, {r['train_steps']} steps, final beta {r['final_logged_beta']}):")
     for name, v in r["scores"].items():
       print(f"  {name:14s} nDCG@10 {v['ndcg@10']:.4f}  R@100 {v['recall@100']:.4f}")
-  out = pathlib.Path(args.output)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"benchmark": "scifact_hash_gap", "split": "test", "runs": results},
-                            indent=2) + "\n")
+  out = write_result(args.output, {"benchmark": "scifact_hash_gap", "split": "test", "runs": results})
   print(f"wrote {out}")
 
 

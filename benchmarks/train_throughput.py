@@ -36,15 +36,14 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks.common import REPO, shared_dir  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -58,10 +57,6 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_at
                  intermediate_size=3072, max_position_embeddings=512)
 
 
-def shared_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("BPR_SHARED_DIR", str(REPO.parent / "shared")))
-
-
 def load_config(name: str):
   """get_config() of configs/NAME.py."""
   import importlib
@@ -71,19 +66,9 @@ def load_config(name: str):
 # ----------------------------------------------------------------------------- FLOPs
 
 
-def matmul_params(bert: BertConfig) -> int:
-  h, i = bert.hidden_size, bert.intermediate_size
-  return bert.num_hidden_layers * (4 * h * h + 2 * h * i)
-
-
 def step_flops(bert: BertConfig, batch: int, q_len: int, p_len: int, num_neg: int) -> float:
   """Model FLOPs of one training step (forward + backward) over every sequence of the batch."""
-  total = 0.0
-  for length, count in ((q_len, batch), (p_len, batch * (1 + num_neg))):
-    tokens = count * length
-    total += 6.0 * matmul_params(bert) * tokens
-    total += 12.0 * bert.num_hidden_layers * length * bert.hidden_size * tokens
-  return total
+  return common.train_step_flops(bert, batch, q_len, p_len, num_neg)
 
 
 # ----------------------------------------------------------------------------- one case
@@ -257,20 +242,13 @@ def main(argv=None) -> None:
       "jax_version": jax.__version__,
       "backend": backend,
       "devices": [str(d) for d in jax.devices()],
-      "device_kind": jax.devices()[0].device_kind,
-      "device_count": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "platform": platform.platform(),
-      "env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "XLA_FLAGS") if os.environ.get(k)},
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      **common.machine_info(),
       "flops_formula": "6 * matmul_params * tokens + 12 * layers * L * hidden * tokens per step",
       "note": args.note,
       "rows": rows,
       "skipped": skipped,
   }
-  out = pathlib.Path(args.output)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
+  out = common.write_result(args.output, result)
   print(table(rows))
   print(f"wrote {out}")
 

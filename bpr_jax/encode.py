@@ -287,7 +287,7 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
   start, end = shard_range(total, num_shards, shard_index)
   nrows = end - start
   encoder = model.passage_encoder
-  emb_dim = int(encoder.config.hidden_size)
+  emb_dim = int(encoder.output_dim)
   if emb_dim % 8:
     raise ValueError(f"passage embedding dim {emb_dim} is not a multiple of 8; cannot pack codes")
   code_bits = emb_dim

@@ -9,6 +9,10 @@ Layout of an exported dir:
 
 Each encoder dir loads in transformers as `BertModel` (the pooled vector is
 `last_hidden_state[:, 0]` for 'cls' pooling, or the masked mean for 'mean').
+`code_bits` is the length of the codes: hidden_size, or the code head's dims when the model was
+trained with `model.code_bits > 0`; the head's tensors are `dense.{weight,bias}` and
+`layer_norm.{weight,bias}` in each model.safetensors (the authors' names; transformers' BertModel
+ignores them): vector = LayerNorm(dense(pooled)).
 
 Command:  python -m bpr_jax.export --workdir=W --output=E [--step=N]
 """
@@ -128,7 +132,7 @@ class ExportedModel:
     """float32 [N, d] question embeddings."""
     batch = self.tokenizer.questions(texts, self.settings["question_max_length"])
     return encode_batches(self._fn("question"), batch, batch_size,
-                          self.question_encoder.config.hidden_size)
+                          self.question_encoder.output_dim)
 
   def warmup_questions(self, max_rows: int, batch_size: int = 64) -> int:
     """Compiles the question encoder for every (rows, length) shape `encode_questions` can meet
@@ -150,7 +154,7 @@ class ExportedModel:
     """float32 [N, d] passage embeddings."""
     batch = self.tokenizer.passages(titles, texts, self.settings["passage_max_length"])
     return encode_batches(self._fn("passage"), batch, batch_size,
-                          self.passage_encoder.config.hidden_size)
+                          self.passage_encoder.output_dim)
 
 
 def save_exported(question_encoder: BertEncoder, passage_encoder: BertEncoder,
@@ -164,6 +168,9 @@ def save_exported(question_encoder: BertEncoder, passage_encoder: BertEncoder,
     if model.pooling != settings["pooling"]:
       raise ValueError(f"{name} pooling {model.pooling!r} != settings pooling "
                        f"{settings['pooling']!r}")
+    if model.output_dim != settings["code_bits"]:
+      raise ValueError(f"{name} gives {model.output_dim}-dim vectors but settings code_bits is "
+                       f"{settings['code_bits']}")
   settings.setdefault("format_version", FORMAT_VERSION)
   with hf.atomic_directory(out_dir) as tmp:
     for name, model in ((QUESTION_DIR, question_encoder), (PASSAGE_DIR, passage_encoder)):
@@ -206,6 +213,9 @@ def load_exported(path: PathLike, *, dtype=jnp.float32) -> ExportedModel:
     if model.config.hidden_size != settings["hidden_size"]:
       raise ValueError(f"{path / name}: hidden size {model.config.hidden_size} != "
                        f"{SETTINGS_FILE} hidden_size {settings['hidden_size']}")
+    if model.output_dim != settings["code_bits"]:
+      raise ValueError(f"{path / name}: gives {model.output_dim}-dim vectors (code head: "
+                       f"{model.code_bits or 'none'}) but {SETTINGS_FILE} code_bits is {settings['code_bits']}")
   tokenizer = Tokenizer.from_dir(path / QUESTION_DIR)
   return ExportedModel(question, passage, tokenizer, settings)
 

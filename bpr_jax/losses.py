@@ -18,6 +18,11 @@ with h~ = tanh(beta * e). `cand_reduction='mean'` averages L_cand over all (ques
 pairs, as the authors' code that produced the paper's numbers (torch margin_ranking_loss);
 `'sum'` sums over negatives and averages over questions, as the paper writes it.
 
+Options of the authors' code (studio-ousia/bpr), defaults = the paper's method:
+  relaxation  'tanh' | 'ste'      (`--use_ste`: forward sign, gradient of tanh; `models/hash_layer.py`)
+  cand_loss   'margin' | 'ce'     (`--use_binary_cross_entropy_loss`: L_cand = CE of softmax <h~q, h~p_j>)
+  terms       'both' | 'cand' | 'rerank'   (`--no_dense_loss` = 'cand', `--no_binary_loss` = 'rerank')
+
 DPR (Karpukhin et al. 2020): cross-entropy of softmax over <e_q, e_p>.
 """
 from __future__ import annotations
@@ -28,9 +33,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bpr_jax.models.hash_layer import hash_train
+from bpr_jax.models.hash_layer import RELAXATIONS, code_saturation, hash_relaxed
 
 CAND_REDUCTIONS = ("mean", "sum")
+CAND_LOSSES = ("margin", "ce")
+LOSS_TERMS = ("both", "cand", "rerank")
 
 
 class LossOutput(NamedTuple):
@@ -38,6 +45,7 @@ class LossOutput(NamedTuple):
   cand: jax.Array
   rerank: jax.Array
   scores: jax.Array  # [B, P] scores used for ranking metrics (L_rerank's logits, or DPR's)
+  saturation: jax.Array | float = 0.0  # BPR: mean |tanh(beta e_p)| of the batch's passages
 
 
 def _candidates(pos: jax.Array, neg: jax.Array | None) -> jax.Array:
@@ -66,15 +74,26 @@ def candidate_loss(hq: jax.Array, hp: jax.Array, *, alpha: float, reduction: str
 
 
 def bpr_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None, beta, *, alpha: float = 2.0,
-             cand_reduction: str = "mean") -> LossOutput:
-  """L_cand + L_rerank of BPR on the global batch (see module docstring)."""
+             cand_reduction: str = "mean", relaxation: str = "tanh", cand_loss: str = "margin",
+             terms: str = "both") -> LossOutput:
+  """L_cand + L_rerank of BPR on the global batch (see module docstring for the options)."""
+  if cand_loss not in CAND_LOSSES:
+    raise ValueError(f"cand_loss must be one of {CAND_LOSSES}, got {cand_loss!r}")
+  if terms not in LOSS_TERMS:
+    raise ValueError(f"loss terms must be one of {LOSS_TERMS}, got {terms!r}")
+  if relaxation not in RELAXATIONS:
+    raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
   q = q.astype(jnp.float32)
   p = _candidates(pos, neg).astype(jnp.float32)
-  hq, hp = hash_train(q, beta), hash_train(p, beta)
-  cand = candidate_loss(hq, hp, alpha=alpha, reduction=cand_reduction)
+  hq, hp = hash_relaxed(q, beta, relaxation), hash_relaxed(p, beta, relaxation)
+  if cand_loss == "margin":
+    cand = candidate_loss(hq, hp, alpha=alpha, reduction=cand_reduction)
+  else:
+    cand = _cross_entropy(hq @ hp.T)
   scores = q @ hp.T
   rerank = _cross_entropy(scores)
-  return LossOutput(cand + rerank, cand, rerank, scores)
+  loss = {"both": cand + rerank, "cand": cand, "rerank": rerank}[terms]
+  return LossOutput(loss, cand, rerank, scores, code_saturation(p, beta))
 
 
 def dpr_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None) -> LossOutput:

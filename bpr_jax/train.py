@@ -23,6 +23,7 @@ from flax import nnx
 from bpr_jax import checkpoints, losses, parallel, schedules
 from bpr_jax.data import pipeline
 from bpr_jax.models.bert import BertConfig, BertEncoder
+from bpr_jax.models import hash_layer
 from bpr_jax.models.biencoder import BiEncoder, tokens_of
 from bpr_jax.tokenization import Tokenizer
 
@@ -49,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.model.init in ("hf", "random"), f"model.init must be 'hf' or 'random', got {config.model.init!r}")
   check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
   check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
+  check(config.model.code_bits >= 0, f"model.code_bits must be >= 0 (0: no code head), got {config.model.code_bits}")
   check(config.model.param_sharding in parallel.PARAM_RULES,
         f"model.param_sharding must be one of {parallel.PARAM_RULES}, got {config.model.param_sharding!r}")
   if config.model.init == "hf":
@@ -58,6 +60,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.loss.cand_reduction in losses.CAND_REDUCTIONS,
         f"loss.cand_reduction must be one of {losses.CAND_REDUCTIONS}, got {config.loss.cand_reduction!r}")
   check(config.loss.gamma >= 0, f"loss.gamma must be >= 0, got {config.loss.gamma}")
+  check(config.loss.relaxation in hash_layer.RELAXATIONS,
+        f"loss.relaxation must be one of {hash_layer.RELAXATIONS}, got {config.loss.relaxation!r}")
+  check(config.loss.cand_loss in losses.CAND_LOSSES,
+        f"loss.cand_loss must be one of {losses.CAND_LOSSES}, got {config.loss.cand_loss!r}")
+  check(config.loss.terms in losses.LOSS_TERMS,
+        f"loss.terms must be one of {losses.LOSS_TERMS}, got {config.loss.terms!r}")
+  check(config.loss.beta_schedule in schedules.BETA_SCHEDULES,
+        f"loss.beta_schedule must be one of {schedules.BETA_SCHEDULES}, got {config.loss.beta_schedule!r}")
+  if config.loss.beta_schedule == "final":
+    check(config.loss.final_beta >= 1, f"loss.final_beta must be >= 1 with beta_schedule='final', "
+          f"got {config.loss.final_beta}")
   check(config.optim.learning_rate > 0, "optim.learning_rate must be positive")
   check(0 <= config.optim.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)")
   n = jax.device_count()
@@ -148,10 +161,11 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
   """(BiEncoder, params) with params born sharded on `mesh` (or ShapeDtypeStructs if abstract)."""
   dtype = DTYPES[config.model.dtype]
   shared = config.model.shared_encoder
+  code_bits = int(config.model.get("code_bits", 0))  # configs saved before the option have none
 
   def make(seed: int) -> BertEncoder:
     return BertEncoder(bert, pooling=config.model.pooling, dtype=dtype, remat=config.model.remat,
-                       rngs=nnx.Rngs(seed))
+                       code_bits=code_bits, rngs=nnx.Rngs(seed))
 
   def init():
     q = make(config.seed)
@@ -167,9 +181,18 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
     from bpr_jax.models import hf
     state_dict = hf.load_state_dict(config.model.hf_dir)
     module = hf.bert_from_state_dict(bert, state_dict, pooling=config.model.pooling, dtype=dtype)
-    host = BiEncoder.from_modules(module, None)[1]["shared"]
-    host = jax.tree.map(np.asarray, host)
-    params = {"shared": host} if shared else {"question": host, "passage": host}
+    if module.code_bits not in (0, code_bits):
+      raise ValueError(f"{config.model.hf_dir} has a {module.code_bits}-dim code head but "
+                       f"model.code_bits is {code_bits}")
+    host = jax.tree.map(np.asarray, BiEncoder.from_modules(module, None)[1]["shared"])
+
+    def with_head(seed: int) -> dict:
+      """The checkpoint's weights plus a freshly initialised code head (if asked and absent)."""
+      if not code_bits or module.code_bits:
+        return host
+      return {**host, "code_head": jax.tree.map(np.asarray, nnx.split(make(seed).code_head)[1].to_pure_dict())}
+    params = ({"shared": with_head(config.seed)} if shared else
+              {"question": with_head(config.seed), "passage": with_head(config.seed + 1)})
     return biencoder, parallel.host_to_global(params, shardings)
   params = jax.jit(lambda: init()[1], out_shardings=shardings)()
   return biencoder, params
@@ -207,7 +230,8 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
 
 
 def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, beta, alpha: float,
-                 cand_reduction: str, deterministic: bool, dropout_rng) -> losses.LossOutput:
+                 cand_reduction: str, deterministic: bool, dropout_rng, relaxation: str = "tanh",
+                 cand_loss: str = "margin", terms: str = "both") -> losses.LossOutput:
   """Encodes the global batch and returns the BPR or DPR loss (the single place both share)."""
   kq = kp = kn = None
   if not deterministic:
@@ -218,23 +242,33 @@ def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, 
   if "neg_input_ids" in batch:
     neg = biencoder.encode_passages(params, tokens_of(batch, "neg"), deterministic=deterministic, dropout_rng=kn)
   if mode == "bpr":
-    return losses.bpr_loss(q, pos, neg, beta, alpha=alpha, cand_reduction=cand_reduction)
+    return losses.bpr_loss(q, pos, neg, beta, alpha=alpha, cand_reduction=cand_reduction,
+                           relaxation=relaxation, cand_loss=cand_loss, terms=terms)
   return losses.dpr_loss(q, pos, neg)
 
 
-def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collections.ConfigDict):
+def make_beta_schedule(config: ml_collections.ConfigDict, total_steps: int | None = None):
+  """step -> beta of the hash layer, from config.loss (see `schedules.beta_schedule`)."""
+  return schedules.beta_schedule(config.loss.beta_schedule, gamma=config.loss.gamma,
+                                 final_beta=config.loss.final_beta, total_steps=total_steps)
+
+
+def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collections.ConfigDict,
+                    total_steps: int | None = None):
   """The un-jitted train step: (state, batch, rng) -> (state, metrics)."""
-  mode, alpha, gamma = config.mode, config.loss.alpha, config.loss.gamma
+  mode, alpha = config.mode, config.loss.alpha
   reduction = config.loss.cand_reduction
+  options = dict(relaxation=config.loss.relaxation, cand_loss=config.loss.cand_loss, terms=config.loss.terms)
+  beta_of = make_beta_schedule(config, total_steps)
 
   def train_step(state, batch, rng):
     step = state["step"]
-    beta = schedules.hash_beta(step, gamma)
+    beta = beta_of(step)
     dropout_rng = jax.random.fold_in(rng, step)
 
     def loss_fn(params):
       out = compute_loss(biencoder, params, batch, mode=mode, beta=beta, alpha=alpha, cand_reduction=reduction,
-                         deterministic=False, dropout_rng=dropout_rng)
+                         deterministic=False, dropout_rng=dropout_rng, **options)
       return out.loss, out
 
     (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -243,6 +277,8 @@ def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collection
     metrics = {"loss": out.loss, "loss_cand": out.cand, "loss_rerank": out.rerank, "beta": beta,
                "lr": lr_schedule(step), "grad_norm": optax.global_norm(grads),
                "train_avg_rank": jnp.mean(losses.positive_rank(out.scores).astype(jnp.float32))}
+    if mode == "bpr":
+      metrics["code_saturation"] = out.saturation
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
   return train_step
 
@@ -257,13 +293,16 @@ def make_eval_encode(biencoder: BiEncoder, config: ml_collections.ConfigDict):
   return encode
 
 
-def average_rank(q: np.ndarray, passages: np.ndarray, mode: str) -> float:
+def average_rank(q: np.ndarray, passages: np.ndarray, mode: str, beta: float | None = None) -> float:
   """Mean 0-based rank of question i's positive (row i of `passages`) among all `passages`.
 
   BPR ranks by the test-time score <e_q, sign(e_p)>, DPR by <e_q, e_p>, as DPR's/BPR's
-  checkpoint selection does on the dev set.
+  checkpoint selection does on the dev set.  With `beta`, BPR ranks by the training-time
+  <e_q, tanh(beta e_p)> instead (the relaxed score, to show what binarisation costs).
   """
-  if mode == "bpr":
+  if mode == "bpr" and beta is not None:
+    passages = np.tanh(beta * passages.astype(np.float32))
+  elif mode == "bpr":
     passages = np.where(passages >= 0, 1.0, -1.0).astype(np.float32)
   scores = q @ passages.T
   positive = scores[np.arange(len(q)), np.arange(len(q))][:, None]
@@ -272,7 +311,7 @@ def average_rank(q: np.ndarray, passages: np.ndarray, mode: str) -> float:
   return float(np.mean(np.sum((scores >= positive) & others, axis=1)))
 
 
-def validate(encode_fn, params, dev_batches, mesh, mode: str) -> dict:
+def validate(encode_fn, params, dev_batches, mesh, mode: str, beta: float | None = None) -> dict:
   qs, poss, negs = [], [], []
   for local in dev_batches:
     valid = local.pop("neg_valid")
@@ -286,8 +325,11 @@ def validate(encode_fn, params, dev_batches, mesh, mode: str) -> dict:
     return {}
   q, pos = np.concatenate(qs), np.concatenate(poss)
   passages = np.concatenate([pos] + negs)
-  return {"dev_avg_rank": average_rank(q, passages, mode), "dev_questions": float(len(q)),
-          "dev_passages": float(len(passages))}
+  out = {"dev_avg_rank": average_rank(q, passages, mode), "dev_questions": float(len(q)),
+         "dev_passages": float(len(passages))}
+  if mode == "bpr" and beta is not None:  # the same rank with the relaxed codes: the hash layer's gap
+    out["dev_avg_rank_tanh"] = average_rank(q, passages, mode, beta=beta)
+  return out
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -421,7 +463,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resumed from checkpoint %d in %s", latest, ckpt.directory)
 
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  train_step = jax.jit(make_train_step(biencoder, tx, lr_schedule, config),
+  beta_of = make_beta_schedule(config, total_steps)
+  train_step = jax.jit(make_train_step(biencoder, tx, lr_schedule, config, total_steps),
                        in_shardings=(state_shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
                        out_shardings=(state_shardings, parallel.replicated(mesh)),
                        donate_argnums=(0,))
@@ -455,7 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                passage_max_length=config.data.passage_max_length,
                                                max_examples=config.eval_max_examples,
                                                process_index=jax.process_index(),
-                                               process_count=jax.process_count()), mesh, config.mode)
+                                               process_count=jax.process_count()), mesh, config.mode,
+                         beta=float(beta_of(step)))
           if dev:
             writer.write(step, dev)
             logging.info("step %d: dev average rank %.3f (%d questions, %d passages)", step,
@@ -536,6 +580,6 @@ def restore_for_export(workdir: str, step: int | None = None):
   settings = {"mode": config.mode, "pooling": config.model.pooling,
               "question_max_length": config.data.question_max_length,
               "passage_max_length": config.data.passage_max_length,
-              "code_bits": bert.hidden_size, "hidden_size": bert.hidden_size,
+              "code_bits": q_model.output_dim, "hidden_size": bert.hidden_size,
               "shared_encoder": bool(config.model.shared_encoder)}
   return q_model, p_model, tokenizer, settings

@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.dropout = 0.1          # < 0 keeps the checkpoint's own rates
   c.model.param_sharding = "replicated"  # or 'fsdp'
+  c.model.code_bits = 0          # 0: the code is the pooled vector (paper); N > 0: dense + LayerNorm to N dims
   c.model.bert = ml_collections.ConfigDict(dict(
       vocab_size=0, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
       intermediate_size=3072, max_position_embeddings=512))
@@ -66,6 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.alpha = 2.0             # margin of L_cand (paper; the original code's default was 0.1)
   c.loss.gamma = 0.1             # beta = sqrt(gamma * step + 1)
   c.loss.cand_reduction = "mean"  # 'mean' over (question, negative) pairs (original code) or 'sum' (paper)
+  c.loss.relaxation = "tanh"     # 'tanh' (paper) or 'ste' (forward sign, gradient of tanh; original --use_ste)
+  c.loss.cand_loss = "margin"    # 'margin' (paper) or 'ce' (original --use_binary_cross_entropy_loss)
+  c.loss.terms = "both"          # 'both' (L_cand + L_rerank), 'cand' (--no_dense_loss), 'rerank' (--no_binary_loss)
+  c.loss.beta_schedule = "gamma"  # 'gamma': sqrt(gamma step + 1); 'final': same shape reaching final_beta at the end
+  c.loss.final_beta = 0.0        # with beta_schedule='final' (>= 1), e.g. 43 (the paper's runs end near it)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 2e-5

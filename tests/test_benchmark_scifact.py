@@ -45,3 +45,48 @@ def test_variant_dirs(bench, tmp_path):
   assert bench.run_dir(tmp_path, "bpr") == tmp_path / "ft-bpr"
   assert bench.run_dir(tmp_path, "bpr", "gamma10") == tmp_path / "ft-bpr-gamma10"
   assert bench.finetuned_rows(tmp_path, "gamma10") == []
+
+
+def _fake_beir(root):
+  (root / "qrels").mkdir(parents=True)
+  (root / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "x"}\n')
+  (root / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+  rows = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i % 7}\t1" for i in range(40)] + ["q3\td5\t1"]
+  (root / "qrels" / "train.tsv").write_text("\n".join(rows) + "\n")
+  (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nt1\td1\t1\n")
+  return root
+
+
+def _qids(path):
+  return {line.split("\t")[0] for line in path.read_text().splitlines()[1:] if line}
+
+
+def test_dev_split_is_seeded_disjoint_and_complete(bench, tmp_path):
+  src = _fake_beir(tmp_path / "src")
+  info = bench.make_dev_split(src, tmp_path / "split", num_dev=10, seed=0)
+  train, dev = _qids(tmp_path / "split/qrels/train.tsv"), _qids(tmp_path / "split/qrels/dev.tsv")
+  assert len(dev) == 10 and len(train) == 30 and not train & dev
+  assert train | dev == _qids(src / "qrels/train.tsv") and sorted(dev) == info["dev_query_ids"]
+  # every judgement kept once (q3 has two)
+  n = lambda p: len(p.read_text().splitlines()) - 1  # noqa: E731
+  assert n(tmp_path / "split/qrels/train.tsv") + n(tmp_path / "split/qrels/dev.tsv") == 41
+  assert (tmp_path / "split/qrels/test.tsv").read_text() == (src / "qrels/test.tsv").read_text()
+  again = bench.make_dev_split(src, tmp_path / "split2", num_dev=10, seed=0)
+  assert again["dev_query_ids"] == info["dev_query_ids"]
+  assert bench.make_dev_split(src, tmp_path / "split3", num_dev=10, seed=1)["dev_query_ids"] != info["dev_query_ids"]
+  assert bench.make_dev_split(src, tmp_path / "split", num_dev=10, seed=0) == info  # reused
+  with pytest.raises(SystemExit, match="another dev split"):
+    bench.make_dev_split(src, tmp_path / "split", num_dev=11, seed=0)
+
+
+def test_select_on_dev_ignores_test_numbers(bench):
+  def row(variant, split, ndcg, bpp=48):
+    return {"name": "bpr-flat", "split": split, "ndcg@10": ndcg, "bytes_per_passage": bpp,
+            **({"variant": variant} if variant else {})}
+  rows = [row("", "dev", 0.60), row("", "test", 0.70), row("a", "dev", 0.65), row("a", "test", 0.50),
+          row("b", "dev", 0.65), row("b", "test", 0.90), row("c", "dev", 0.10, 96), row("c", "test", 0.2, 96),
+          {"name": "dpr-flat", "split": "test", "ndcg@10": 0.7, "bytes_per_passage": 1536}]
+  bench.select_on_dev(rows)
+  chosen = [(r.get("variant", ""), r["bytes_per_passage"]) for r in rows if r.get("selected_on_dev")]
+  assert chosen == [("a", 48), ("c", 96)]  # best dev; tie a/b goes to the first tag; test unused
+  assert all("selected_on_dev" not in r for r in rows if r["split"] == "dev" or r["name"] != "bpr-flat")

@@ -1,6 +1,7 @@
 """The method's formulas against hand computations."""
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,3 +98,111 @@ def test_bad_reduction_is_an_error():
 def test_positive_rank():
   scores = jnp.array([[5.0, 1.0, 7.0], [0.0, 2.0, 1.0]])
   np.testing.assert_array_equal(losses.positive_rank(scores), [1, 0])
+
+
+# ----------------------------------------------------------------------------- the original code's options
+
+
+def test_ste_forward_is_sign_backward_is_tanh_gradient():
+  e = jnp.array([0.3, -0.2, 0.0, -1.5])
+  beta = 2.0
+  np.testing.assert_array_equal(hash_layer.hash_ste(e, beta), [1.0, -1.0, 1.0, -1.0])
+  grad = jax.grad(lambda x: jnp.sum(hash_layer.hash_ste(x, beta) * jnp.array([1.0, 2.0, 3.0, 4.0])))(e)
+  by_hand = np.array([1.0, 2.0, 3.0, 4.0]) * beta * (1 - np.tanh(beta * np.asarray(e)) ** 2)
+  np.testing.assert_allclose(grad, by_hand, rtol=1e-4, atol=1e-6)
+
+
+def test_hash_relaxed_dispatches_and_rejects_unknown():
+  e = jnp.array([0.5, -1.0])
+  np.testing.assert_allclose(hash_layer.hash_relaxed(e, 2.0, "tanh"), np.tanh([1.0, -2.0]), rtol=1e-6)
+  np.testing.assert_array_equal(hash_layer.hash_relaxed(e, 2.0, "ste"), [1.0, -1.0])
+  with pytest.raises(ValueError, match="relaxation"):
+    hash_layer.hash_relaxed(e, 2.0, "sigmoid")
+
+
+def test_code_saturation_by_hand():
+  e = jnp.array([[0.1, -0.2], [1.0, -3.0]])
+  expected = np.mean(np.abs(np.tanh(5.0 * np.array([0.1, -0.2, 1.0, -3.0]))))
+  assert float(hash_layer.code_saturation(e, 5.0)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_final_beta_schedule_reaches_target_with_sqrt_shape():
+  fn = schedules.beta_schedule("final", final_beta=43.0, total_steps=200)
+  assert float(fn(0)) == pytest.approx(1.0)
+  assert float(fn(200)) == pytest.approx(43.0, rel=1e-6)
+  gamma = (43.0 ** 2 - 1) / 200
+  assert float(fn(50)) == pytest.approx(math.sqrt(gamma * 50 + 1), rel=1e-6)
+  paper = schedules.beta_schedule("gamma", gamma=0.1)
+  assert float(paper(1000)) == pytest.approx(math.sqrt(101.0))
+  with pytest.raises(ValueError, match="final_beta"):
+    schedules.beta_schedule("final", final_beta=0.5, total_steps=10)
+  with pytest.raises(ValueError, match="total steps"):
+    schedules.beta_schedule("final", final_beta=10.0)
+  with pytest.raises(ValueError, match="beta schedule"):
+    schedules.beta_schedule("cosine")
+
+
+def _small_batch():
+  rng = np.random.default_rng(3)
+  q = rng.normal(size=(3, 4)).astype(np.float32)
+  pos = rng.normal(size=(3, 4)).astype(np.float32)
+  neg = rng.normal(size=(3, 4)).astype(np.float32)
+  return q, pos, neg
+
+
+def _log_softmax_ce(scores):
+  scores = np.asarray(scores, np.float64)
+  out = []
+  for i in range(scores.shape[0]):
+    row = scores[i]
+    out.append(np.log(np.sum(np.exp(row - row.max()))) + row.max() - row[i])
+  return float(np.mean(out))
+
+
+def test_ce_candidate_loss_by_hand():
+  q, pos, neg = _small_batch()
+  beta = 1.7
+  hq, hp = np.tanh(beta * q), np.tanh(beta * np.concatenate([pos, neg]))
+  out = losses.bpr_loss(jnp.array(q), jnp.array(pos), jnp.array(neg), beta, cand_loss="ce")
+  assert float(out.cand) == pytest.approx(_log_softmax_ce(hq @ hp.T), rel=1e-5)
+  assert float(out.rerank) == pytest.approx(_log_softmax_ce(q @ hp.T), rel=1e-5)
+  assert float(out.loss) == pytest.approx(float(out.cand) + float(out.rerank), rel=1e-6)
+
+
+def test_loss_terms_select_cand_or_rerank_only():
+  q, pos, neg = map(jnp.array, _small_batch())
+  both = losses.bpr_loss(q, pos, neg, 2.0)
+  cand = losses.bpr_loss(q, pos, neg, 2.0, terms="cand")
+  rerank = losses.bpr_loss(q, pos, neg, 2.0, terms="rerank")
+  assert float(cand.loss) == pytest.approx(float(both.cand), rel=1e-6)
+  assert float(rerank.loss) == pytest.approx(float(both.rerank), rel=1e-6)
+  # 'cand' alone sends no gradient through <e_q, .> of L_rerank: the gradient w.r.t. q differs
+  gq_both = jax.grad(lambda x: losses.bpr_loss(x, pos, neg, 2.0).loss)(q)
+  gq_cand = jax.grad(lambda x: losses.bpr_loss(x, pos, neg, 2.0, terms="cand").loss)(q)
+  gq_rerank = jax.grad(lambda x: losses.bpr_loss(x, pos, neg, 2.0, terms="rerank").loss)(q)
+  np.testing.assert_allclose(gq_both, gq_cand + gq_rerank, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="terms"):
+    losses.bpr_loss(q, pos, neg, 2.0, terms="none")
+  with pytest.raises(ValueError, match="cand_loss"):
+    losses.bpr_loss(q, pos, neg, 2.0, cand_loss="hinge")
+
+
+def test_ste_loss_uses_sign_codes_in_forward():
+  q, pos, neg = _small_batch()
+  out = losses.bpr_loss(jnp.array(q), jnp.array(pos), jnp.array(neg), 1.0, relaxation="ste")
+  sq = np.where(q >= 0, 1.0, -1.0)
+  sp = np.where(np.concatenate([pos, neg]) >= 0, 1.0, -1.0)
+  assert float(out.rerank) == pytest.approx(_log_softmax_ce(q @ sp.T), rel=1e-5)
+  scores = sq @ sp.T
+  hinge = [max(0.0, -scores[i, i] + scores[i, j] + 2.0) for i in range(3) for j in range(6) if j != i]
+  assert float(out.cand) == pytest.approx(np.mean(hinge), rel=1e-5)
+  sat = np.mean(np.abs(np.tanh(np.concatenate([pos, neg]))))
+  assert float(out.saturation) == pytest.approx(sat, rel=1e-5)
+
+
+def test_defaults_are_the_papers_method():
+  from configs import nq, tqa
+  for cfg in (nq.get_config(), tqa.get_config()):
+    assert (cfg.loss.relaxation, cfg.loss.cand_loss, cfg.loss.terms, cfg.loss.beta_schedule) == (
+        "tanh", "margin", "both", "gamma")
+    assert cfg.loss.gamma == 0.1 and cfg.loss.alpha == 2.0

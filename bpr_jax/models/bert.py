@@ -19,6 +19,12 @@ Parameter tree (paths of `nnx.state(model)`):
   layers.<i>.intermediate.{kernel,bias}       [hidden, intermediate]
   layers.<i>.output.{kernel,bias}             [intermediate, hidden]
   layers.<i>.output_norm.{scale,bias}
+  code_head.dense.{kernel [hidden, code_bits], bias}, code_head.norm.{scale,bias}
+                                              (only with code_bits > 0)
+
+With `code_bits > 0` a code head (dense + LayerNorm, the authors' `--projection_dim_size`) maps the
+pooled vector to `code_bits` dims, so the code length and its scale no longer depend on the
+encoder: a 384-dim MiniLM can give 768-bit codes and bert-base 128-bit ones.
 """
 from __future__ import annotations
 
@@ -214,14 +220,33 @@ class BertLayer(nnx.Module):
     return self.output_norm(x + y.astype(jnp.float32))
 
 
+class CodeHead(nnx.Module):
+  """dense + LayerNorm on the pooled vector (float32), as the authors' projection option."""
+
+  def __init__(self, in_dim: int, code_bits: int, *, eps: float, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.dense = nnx.Linear(in_dim, code_bits, dtype=jnp.float32, param_dtype=param_dtype,
+                            kernel_init=_normal_init(), rngs=rngs)
+    self.norm = nnx.LayerNorm(code_bits, epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype,
+                              rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.norm(self.dense(x.astype(jnp.float32)))
+
+
 class BertEncoder(nnx.Module):
-  """BERT that maps token ids to one pooled float32 vector per sequence."""
+  """BERT that maps token ids to one pooled float32 vector per sequence (+ optional code head)."""
 
   def __init__(self, config: BertConfig, *, pooling: str = "cls", dtype=jnp.float32,
-               param_dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, remat: bool = False, code_bits: int = 0, rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if code_bits < 0:
+      raise ValueError(f"code_bits must be >= 0 (0: no code head), got {code_bits}")
     self.config = config
+    self.code_bits = int(code_bits)
+    self.code_head = (CodeHead(config.hidden_size, code_bits, eps=config.layer_norm_eps,
+                               param_dtype=param_dtype, rngs=rngs) if code_bits else None)
     self.pooling = pooling
     self.dtype = dtype
     self.param_dtype = param_dtype
@@ -259,10 +284,16 @@ class BertEncoder(nnx.Module):
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
                dropout_rng: jax.Array | None = None) -> jax.Array:
-    """[B, L] int inputs -> pooled [B, hidden] float32 ('cls' or masked 'mean')."""
+    """[B, L] int inputs -> pooled [B, output_dim] float32 ('cls' or masked 'mean', then the head)."""
     hidden = self.sequence_output(input_ids, attention_mask, token_type_ids,
                                   deterministic=deterministic, dropout_rng=dropout_rng)
-    return pool(hidden, attention_mask, self.pooling)
+    pooled = pool(hidden, attention_mask, self.pooling)
+    return pooled if self.code_head is None else self.code_head(pooled)
+
+  @property
+  def output_dim(self) -> int:
+    """Dimension of the vectors it returns: code_bits with a code head, else hidden_size."""
+    return self.code_bits or self.config.hidden_size
 
 
 def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:

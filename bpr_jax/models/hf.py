@@ -15,6 +15,10 @@ HF `BertModel` tensor names map to `BertEncoder` parameter paths as follows
   encoder.layer.<i>.output.dense            -> layers.<i>.output
   encoder.layer.<i>.output.LayerNorm        -> layers.<i>.output_norm
 
+  dense.{weight,bias}, layer_norm.{weight,bias} -> code_head.dense, code_head.norm
+                                            (the code head, names as the authors' BPR code;
+                                            a checkpoint holding them loads with the head)
+
 `pooler.*` and `embeddings.position_ids` are ignored on load and not written.
 Old TF-converted names `LayerNorm.gamma` / `LayerNorm.beta` are accepted.
 """
@@ -49,7 +53,10 @@ PathLike = str | os.PathLike
 # Name mapping
 
 
-def hf_name_map(config: BertConfig) -> dict[str, tuple[tuple[Any, ...], bool]]:
+CODE_HEAD_NAMES = ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias")
+
+
+def hf_name_map(config: BertConfig, code_bits: int = 0) -> dict[str, tuple[tuple[Any, ...], bool]]:
   """HF BertModel tensor name -> (BertEncoder param path, transpose?)."""
   names: dict[str, tuple[tuple[Any, ...], bool]] = {}
   for kind in ("word", "position", "token_type"):
@@ -74,7 +81,21 @@ def hf_name_map(config: BertConfig) -> dict[str, tuple[tuple[Any, ...], bool]]:
     linear(f"{hf}.intermediate.dense", ours + ("intermediate",))
     linear(f"{hf}.output.dense", ours + ("output",))
     norm(f"{hf}.output.LayerNorm", ours + ("output_norm",))
+  if code_bits:
+    linear("dense", ("code_head", "dense"))
+    norm("layer_norm", ("code_head", "norm"))
   return names
+
+
+def code_bits_of(state_dict: Mapping[str, np.ndarray]) -> int:
+  """Output dims of the code head held in a state dict (0: none)."""
+  present = [n for n in CODE_HEAD_NAMES if n in state_dict]
+  if not present:
+    return 0
+  if len(present) != len(CODE_HEAD_NAMES):
+    missing = sorted(set(CODE_HEAD_NAMES) - set(present))
+    raise ValueError(f"incomplete code head: missing {', '.join(missing)}")
+  return int(np.shape(state_dict["dense.weight"])[0])
 
 
 def _canonical_name(name: str) -> str:
@@ -214,16 +235,17 @@ def bert_from_state_dict(config: BertConfig, state_dict: Mapping[str, np.ndarray
   Raises ValueError listing missing, unexpected and wrongly shaped tensors.
   Without `rngs` the model is built abstractly (no random initialisation).
   """
-  names = hf_name_map(config)
   given = {_canonical_name(k): v for k, v in state_dict.items() if not _is_ignored(k)}
+  code_bits = code_bits_of(given)
+  names = hf_name_map(config, code_bits)
   missing = sorted(set(names) - set(given))
   unexpected = sorted(set(given) - set(names))
   bad_shapes = []
   for name, (path, transpose) in names.items():
     if name not in given:
       continue
-    want = tuple(reversed(_expected_shape(config, path))) if transpose else \
-        _expected_shape(config, path)
+    want = tuple(reversed(_expected_shape(config, path, code_bits))) if transpose else \
+        _expected_shape(config, path, code_bits)
     if tuple(np.shape(given[name])) != want:
       bad_shapes.append(f"{name} {tuple(np.shape(given[name]))} != {want}")
   problems = []
@@ -237,7 +259,7 @@ def bert_from_state_dict(config: BertConfig, state_dict: Mapping[str, np.ndarray
     raise ValueError("state dict does not match BertConfig; " + "; ".join(problems))
 
   def build() -> BertEncoder:
-    return BertEncoder(config, pooling=pooling, dtype=dtype,
+    return BertEncoder(config, pooling=pooling, dtype=dtype, code_bits=code_bits,
                        rngs=rngs if rngs is not None else nnx.Rngs(0))
 
   model = build() if rngs is not None else nnx.eval_shape(build)
@@ -250,10 +272,12 @@ def bert_from_state_dict(config: BertConfig, state_dict: Mapping[str, np.ndarray
   return model
 
 
-def _expected_shape(config: BertConfig, path: tuple[Any, ...]) -> tuple[int, ...]:
+def _expected_shape(config: BertConfig, path: tuple[Any, ...], code_bits: int = 0) -> tuple[int, ...]:
   """The shape of the BertEncoder parameter at `path` (without building one)."""
   h, m = config.hidden_size, config.intermediate_size
   leaf = path[-1]
+  if path[0] == "code_head":
+    return (h, code_bits) if leaf == "kernel" else (code_bits,)
   if path[0] == "embeddings":
     rows = {"word_embeddings": config.vocab_size,
             "position_embeddings": config.max_position_embeddings,
@@ -298,7 +322,7 @@ def load_bert(model_dir: PathLike, *, pooling: str = "cls", dtype=jnp.float32,
 def state_dict_from_bert(model: BertEncoder) -> dict[str, np.ndarray]:
   """The model's weights as a HF BertModel state dict (float32 numpy, no 'bert.')."""
   out = {}
-  for name, (path, transpose) in hf_name_map(model.config).items():
+  for name, (path, transpose) in hf_name_map(model.config, model.code_bits).items():
     array = np.asarray(_param(model, path).get_value(), dtype=np.float32)
     out[name] = np.ascontiguousarray(array.T if transpose else array)
   return out

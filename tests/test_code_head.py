@@ -1,0 +1,130 @@
+"""The code head (model.code_bits > 0): dense + LayerNorm on the pooled vector, through export,
+loading in torch, encode and the index, and training from an HF checkpoint without a head."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from safetensors.numpy import load_file
+
+from bpr_jax import codes, export, train
+from bpr_jax.models import hf
+from bpr_jax.models.bert import BertConfig, BertEncoder, pool
+from bpr_jax.tokenization import Tokenizer
+from configs import tiny
+
+WORDS = ["who", "wrote", "the", "binary", "passage", "retriever", "hash", "code", "paper", "fast"]
+TITLES = ["binary passage retriever", "", "hash code"]
+TEXTS = ["the paper about fast codes", "who wrote the code", "fast hash"]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+  vocab = tmp_path_factory.mktemp("vocab")
+  (vocab / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+  tokenizer = Tokenizer.from_dir(vocab)
+  config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
+  return tokenizer, config
+
+
+def _inputs(batch):
+  return tuple(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+
+
+def test_head_is_dense_then_layernorm_by_hand(parts):
+  tokenizer, config = parts
+  model = BertEncoder(config, pooling="mean", code_bits=48, rngs=nnx.Rngs(0))
+  assert model.output_dim == 48 and BertEncoder(config, rngs=nnx.Rngs(0)).output_dim == 32
+  batch = tokenizer.passages(TITLES, TEXTS, 16)
+  ids, mask, types = _inputs(batch)
+  pooled = np.asarray(pool(model.sequence_output(ids, mask, types), mask, "mean"), np.float64)
+  w = np.asarray(model.code_head.dense.kernel.get_value(), np.float64)
+  b = np.asarray(model.code_head.dense.bias.get_value(), np.float64)
+  y = pooled @ w + b
+  y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + config.layer_norm_eps)
+  y = y * np.asarray(model.code_head.norm.scale.get_value()) + np.asarray(model.code_head.norm.bias.get_value())
+  np.testing.assert_allclose(np.asarray(model(ids, mask, types)), y, atol=1e-5)
+  with pytest.raises(ValueError, match="code_bits"):
+    BertEncoder(config, code_bits=-1, rngs=nnx.Rngs(0))
+
+
+def test_export_with_head_loads_and_matches_torch(parts, tmp_path):
+  tokenizer, config = parts
+  q = BertEncoder(config, pooling="cls", code_bits=64, rngs=nnx.Rngs(0))
+  p = BertEncoder(config, pooling="cls", code_bits=64, rngs=nnx.Rngs(1))
+  settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8, "passage_max_length": 16,
+              "code_bits": 64, "hidden_size": 32, "shared_encoder": False}
+  out = tmp_path / "model"
+  export.save_exported(q, p, tokenizer, settings, out)
+  tensors = load_file(str(out / "passage_encoder" / "model.safetensors"))
+  assert tensors["dense.weight"].shape == (64, 32) and tensors["layer_norm.bias"].shape == (64,)
+  model = export.load_exported(out)
+  assert model.passage_encoder.code_bits == 64
+  ours = model.encode_passages(TITLES, TEXTS)
+  assert ours.shape == (3, 64)
+  batch = tokenizer.passages(TITLES, TEXTS, 16)
+  np.testing.assert_allclose(ours, np.asarray(p(*_inputs(batch))), atol=1e-5)
+  # torch: BertModel (ignores the head's tensors) + the head applied from the same file
+  tm = transformers.BertModel.from_pretrained(str(out / "passage_encoder"), add_pooling_layer=False).eval()
+  dense = torch.nn.Linear(32, 64)
+  norm = torch.nn.LayerNorm(64, eps=config.layer_norm_eps)
+  with torch.no_grad():
+    dense.weight.copy_(torch.from_numpy(tensors["dense.weight"]))
+    dense.bias.copy_(torch.from_numpy(tensors["dense.bias"]))
+    norm.weight.copy_(torch.from_numpy(tensors["layer_norm.weight"]))
+    norm.bias.copy_(torch.from_numpy(tensors["layer_norm.bias"]))
+    cls = tm(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}).last_hidden_state[:, 0]
+    expected = norm(dense(cls)).numpy()
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+  np.testing.assert_array_equal(codes.pack_codes(ours), np.packbits(expected >= 0, axis=1))
+  # bpr.json that disagrees with the weights is refused
+  bad = json.loads((out / export.SETTINGS_FILE).read_text())
+  bad["code_bits"] = 32
+  (out / export.SETTINGS_FILE).write_text(json.dumps(bad))
+  with pytest.raises(ValueError, match="code_bits"):
+    export.load_exported(out)
+
+
+def test_incomplete_head_is_an_error(parts):
+  _, config = parts
+  state = hf.state_dict_from_bert(BertEncoder(config, code_bits=16, rngs=nnx.Rngs(0)))
+  del state["layer_norm.weight"]
+  with pytest.raises(ValueError, match="incomplete code head"):
+    hf.bert_from_state_dict(config, state)
+
+
+def _tiny_config(**model):
+  c = tiny.get_config()
+  c.num_train_steps = 4
+  c.batch_size = 8
+  c.log_every = 2
+  c.eval_every = 0
+  c.checkpoint_every = 4
+  c.async_checkpoints = False
+  c.data.question_max_length = 12
+  c.data.passage_max_length = 24
+  c.model.update(model)
+  return c
+
+
+def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
+  # a headless HF dir (random tiny BERT), then train with a 96-bit code head on top of it
+  c = _tiny_config()
+  train.train_and_evaluate(c, str(tmp_path / "base"))
+  q0, _, tok, _ = train.restore_for_export(str(tmp_path / "base"))
+  hf.save_bert(q0, tmp_path / "hf", tokenizer=tok)
+  c = _tiny_config(init="hf", hf_dir=str(tmp_path / "hf"), code_bits=96)
+  c.data.tokenizer_dir = str(tmp_path / "hf")
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  q, p, tok, settings = train.restore_for_export(str(tmp_path / "run"))
+  assert q.code_bits == p.code_bits == 96 and settings["code_bits"] == 96
+  # the encoder weights started from the checkpoint; the two heads were initialised apart
+  assert not np.allclose(q.code_head.dense.kernel.get_value(), p.code_head.dense.kernel.get_value())
+  export.save_exported(q, p, tok, settings, tmp_path / "export")
+  model = export.load_exported(tmp_path / "export")
+  vecs = model.encode_passages(TITLES, TEXTS)
+  assert vecs.shape == (3, 96) and codes.pack_codes(vecs).shape == (3, 12)
