@@ -18,7 +18,9 @@ Commands:
       facebook/dpr-*-single-nq-base); the tokenizer is read from Q unless --tokenizer=DIR.
 
 An exported dir also starts training: --config.model.hf_dir=E loads question_encoder/
-and passage_encoder/ (see `encoder_dir`).
+and passage_encoder/ (see `encoder_dir`). Doors out of an export: `bpr_jax.pyserini`
+(a folder for Pyserini's BinaryDenseSearcher) and `bpr_jax.sentence_transformers_export`
+(two SentenceTransformer dirs).
 """
 from __future__ import annotations
 

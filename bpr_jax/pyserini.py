@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
 from typing import Sequence
 

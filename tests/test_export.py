@@ -324,4 +324,12 @@ def test_training_starts_from_an_export(tmp_path, exported, tiny):
   got = hf.state_dict_from_bert(biencoder.passage_module(jax.tree.map(np.asarray, params)))
   np.testing.assert_array_equal(got["encoder.layer.1.output.dense.weight"],
                                 hf.state_dict_from_bert(q)["encoder.layer.1.output.dense.weight"])
-  assert export.encoder_dir(tmp_path) == str(tmp_path)  # a plain HF dir is used as is
+  # A plain HF BERT dir is used as is, for both encoders.
+  hf.save_bert(p, tmp_path / "bert", tokenizer=tokenizer)
+  assert export.encoder_dir(tmp_path / "bert", "passage") == str(tmp_path / "bert")
+  c.model.hf_dir, c.model.shared_encoder = str(tmp_path / "bert"), False
+  biencoder, params = train.build_biencoder(c, bert, load_weights=True, mesh=parallel.make_mesh())
+  params = jax.tree.map(np.asarray, params)
+  for module in (biencoder.question_module(params), biencoder.passage_module(params)):
+    np.testing.assert_array_equal(hf.state_dict_from_bert(module)["encoder.layer.0.output.dense.weight"],
+                                  hf.state_dict_from_bert(p)["encoder.layer.0.output.dense.weight"])
