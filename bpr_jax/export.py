@@ -14,7 +14,17 @@ trained with `model.code_bits > 0`; the head's tensors are `dense.{weight,bias}`
 `layer_norm.{weight,bias}` in each model.safetensors (the authors' names; transformers' BertModel
 ignores them): vector = LayerNorm(dense(pooled)).
 
-Command:  python -m bpr_jax.export --workdir=W --output=E [--step=N]
+Commands:
+  python -m bpr_jax.export --workdir=W --output=E [--step=N]      a training run
+  python -m bpr_jax.export --hf_model=DIR --output=E               one HF BERT as both encoders
+  python -m bpr_jax.export --dpr_question_encoder=Q --dpr_ctx_encoder=C --output=E
+      transformers DPRQuestionEncoder / DPRContextEncoder dirs (`save_pretrained`, e.g.
+      facebook/dpr-*-single-nq-base); the tokenizer is read from Q unless --tokenizer=DIR.
+
+An exported dir also starts training: --config.model.hf_dir=E loads question_encoder/
+and passage_encoder/ (see `encoder_dir`). Doors out of an export: `bpr_jax.pyserini`
+(a folder for Pyserini's BinaryDenseSearcher) and `bpr_jax.sentence_transformers_export`
+(two SentenceTransformer dirs).
 """
 from __future__ import annotations
 
@@ -230,20 +240,41 @@ def _dpr_config(checkpoint: PathLike) -> BertConfig:
   return BertConfig.from_json(file)
 
 
+def _tokenizer_for(source: PathLike, tokenizer_dir: PathLike | None) -> Tokenizer:
+  folder = pathlib.Path(tokenizer_dir if tokenizer_dir is not None else source)
+  if not folder.is_dir():
+    folder = folder.parent
+  try:
+    return Tokenizer.from_dir(folder)
+  except FileNotFoundError as e:
+    hint = "" if tokenizer_dir is not None else (
+        " (a checkpoint saved by model.save_pretrained has no tokenizer: pass --tokenizer=DIR "
+        "holding vocab.txt or tokenizer.json, e.g. the DPR question encoder's own hub dir)")
+    raise FileNotFoundError(f"{e}{hint}") from None
+
+
 def import_dpr(checkpoint: PathLike | Sequence[PathLike], out_dir: PathLike, *,
-               tokenizer_dir: PathLike, mode: str = "bpr", pooling: str = "cls",
+               tokenizer_dir: PathLike | None = None, mode: str = "bpr", pooling: str = "cls",
                max_length: int = 256) -> None:
   """Builds an exported dir from a published DPR/BPR checkpoint in transformers DPR naming.
 
   `checkpoint`: a dir (or weights file with config.json beside it) holding both
   encoders, or a (question, passage) pair of DPRQuestionEncoder /
-  DPRContextEncoder dirs. code_bits = hidden_size (as in training exports).
+  DPRContextEncoder dirs as written by `save_pretrained`. The tokenizer comes from
+  `tokenizer_dir`, else from the (question) checkpoint dir. code_bits = hidden_size
+  (as in training exports). DPR pools [CLS]; 'mean' is accepted for checkpoints
+  trained that way.
   """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   pair = not isinstance(checkpoint, (str, os.PathLike))
-  q_state, p_state = hf.load_dpr_checkpoint(list(checkpoint) if pair else checkpoint)
+  if pair:
+    checkpoint = list(checkpoint)
+    if len(checkpoint) != 2:
+      raise ValueError(f"expected (question, passage) checkpoints, got {len(checkpoint)}")
+  q_state, p_state = hf.load_dpr_checkpoint(checkpoint)
   q_source, p_source = (checkpoint[0], checkpoint[1]) if pair else (checkpoint, checkpoint)
+  tokenizer = _tokenizer_for(q_source, tokenizer_dir)
   encoders = []
   for source, state in ((q_source, q_state), (p_source, p_state)):
     try:
@@ -251,12 +282,36 @@ def import_dpr(checkpoint: PathLike | Sequence[PathLike], out_dir: PathLike, *,
     except ValueError as e:
       raise ValueError(f"{source}: {e}") from None
   hidden = encoders[0].config.hidden_size
+  if encoders[1].config.hidden_size != hidden:
+    raise ValueError(f"question encoder hidden size {hidden} != passage encoder hidden size "
+                     f"{encoders[1].config.hidden_size}")
+  if tokenizer.vocab_size > encoders[0].config.vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the encoders' vocab_size is "
+                     f"{encoders[0].config.vocab_size} (wrong --tokenizer?)")
   settings = {
       "mode": mode, "pooling": pooling, "question_max_length": max_length,
       "passage_max_length": max_length, "code_bits": hidden,
       "hidden_size": hidden, "shared_encoder": False,
   }
-  save_exported(encoders[0], encoders[1], Tokenizer.from_dir(tokenizer_dir), settings, out_dir)
+  save_exported(encoders[0], encoders[1], tokenizer, settings, out_dir)
+
+
+def is_exported(path: PathLike) -> bool:
+  """True when `path` is an exported model dir (holds bpr.json)."""
+  return bool(path) and (pathlib.Path(path) / SETTINGS_FILE).is_file()
+
+
+def encoder_dir(model_dir: PathLike, which: str = "question") -> str:
+  """The HF BERT dir to initialise the `which` ('question' | 'passage') encoder from.
+
+  An exported dir gives its question_encoder/ or passage_encoder/ (also the tokenizer
+  and config.json to train with); any other dir (a HF BERT) is returned as is.
+  """
+  if which not in ("question", "passage"):
+    raise ValueError(f"which must be 'question' or 'passage', got {which!r}")
+  if not is_exported(model_dir):
+    return str(model_dir)
+  return str(pathlib.Path(model_dir) / (QUESTION_DIR if which == "question" else PASSAGE_DIR))
 
 
 def import_hf_encoder(model_dir: PathLike, out_dir: PathLike, *, mode: str = "bpr", pooling: str = "cls",
@@ -283,15 +338,31 @@ def import_hf_encoder(model_dir: PathLike, out_dir: PathLike, *, mode: str = "bp
 
 
 def main(argv: Sequence[str]) -> None:
-  """Exports the trained encoders of a training workdir (or an off-the-shelf HF encoder)."""
+  """Exports a training workdir, an off-the-shelf HF encoder or a pair of DPR encoders."""
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-  if bool(FLAGS.workdir) == bool(FLAGS.hf_model):
-    raise SystemExit("give exactly one of --workdir (a training run) or --hf_model (a Hugging Face BERT dir)")
-  if FLAGS.hf_model:
-    import_hf_encoder(FLAGS.hf_model, FLAGS.output, pooling=FLAGS.pooling, max_length=FLAGS.max_length)
-    print(f"exported {FLAGS.hf_model} to {FLAGS.output}")
-    return
+  dpr = (FLAGS.dpr_question_encoder, FLAGS.dpr_ctx_encoder)
+  if any(dpr) and not all(dpr):
+    raise SystemExit("give both --dpr_question_encoder and --dpr_ctx_encoder")
+  sources = [bool(FLAGS.workdir), bool(FLAGS.hf_model), all(dpr)]
+  if sum(sources) != 1:
+    raise SystemExit("give exactly one of --workdir (a training run), --hf_model (a Hugging Face "
+                     "BERT dir) or --dpr_question_encoder with --dpr_ctx_encoder (DPR checkpoints)")
+  if FLAGS.tokenizer and not all(dpr):
+    raise SystemExit("--tokenizer goes with --dpr_question_encoder / --dpr_ctx_encoder")
+  try:
+    if all(dpr):
+      import_dpr(dpr, FLAGS.output, tokenizer_dir=FLAGS.tokenizer or None, mode=FLAGS.mode,
+                 pooling=FLAGS.pooling, max_length=FLAGS.max_length)
+      print(f"exported DPR encoders {dpr[0]} and {dpr[1]} to {FLAGS.output}")
+      return
+    if FLAGS.hf_model:
+      import_hf_encoder(FLAGS.hf_model, FLAGS.output, mode=FLAGS.mode, pooling=FLAGS.pooling,
+                        max_length=FLAGS.max_length)
+      print(f"exported {FLAGS.hf_model} to {FLAGS.output}")
+      return
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
   from bpr_jax import console, train
   console.quiet_libraries()
   q_model, p_model, tokenizer, settings = train.restore_for_export(FLAGS.workdir, FLAGS.step)
@@ -300,7 +371,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def define_flags() -> None:
-  """Defines --workdir, --output and --step (each only if not already defined)."""
+  """Defines --workdir, --output and --step (each only if not already defined) and the rest."""
   if "workdir" not in FLAGS:
     flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
   if "output" not in FLAGS:
@@ -309,8 +380,18 @@ def define_flags() -> None:
     flags.DEFINE_integer("step", None, "Checkpoint step to export (default: latest).")
   flags.DEFINE_string("hf_model", None, "Instead of --workdir: a Hugging Face BERT dir exported as "
                       "both encoders (post-hoc sign codes; a baseline).")
-  flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "With --hf_model: pooling of the encoder.")
-  flags.DEFINE_integer("max_length", 256, "With --hf_model: question and passage max length.")
+  flags.DEFINE_string("dpr_question_encoder", None, "Instead of --workdir: a transformers "
+                      "DPRQuestionEncoder dir (save_pretrained), with --dpr_ctx_encoder.")
+  flags.DEFINE_string("dpr_ctx_encoder", None, "The DPRContextEncoder dir going with "
+                      "--dpr_question_encoder.")
+  flags.DEFINE_string("tokenizer", None, "With --dpr_*: the tokenizer dir (default: "
+                      "--dpr_question_encoder).")
+  flags.DEFINE_enum("mode", "bpr", list(MODES), "With --hf_model / --dpr_*: 'bpr' (binary codes) "
+                    "or 'dpr' (float vectors) in the export's settings.")
+  flags.DEFINE_enum("pooling", "cls", ["cls", "mean"], "With --hf_model / --dpr_*: pooling of "
+                    "the encoders (DPR: cls).")
+  flags.DEFINE_integer("max_length", 256, "With --hf_model / --dpr_*: question and passage max "
+                       "length.")
   flags.mark_flags_as_required(["output"])
 
 

@@ -100,7 +100,8 @@ def build_data(config: ml_collections.ConfigDict, workdir: str):
     train_path, dev_path, tokenizer_dir = paths["train"], paths["dev"], paths["vocab_dir"]
   else:
     train_path, dev_path = data.train_path, data.dev_path
-    tokenizer_dir = data.tokenizer_dir or config.model.hf_dir
+    from bpr_jax.export import encoder_dir
+    tokenizer_dir = data.tokenizer_dir or (config.model.hf_dir and encoder_dir(config.model.hf_dir))
   if not tokenizer_dir:
     raise ValueError("config: data.tokenizer_dir (or model.hf_dir) is required")
   tokenizer = Tokenizer.from_dir(tokenizer_dir)
@@ -147,7 +148,8 @@ def _with_dropout(bert: BertConfig, dropout: float) -> BertConfig:
 def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
   """The BertConfig the encoders are built with (dropout from the config when set)."""
   if config.model.init == "hf":
-    path = os.path.join(config.model.hf_dir, "config.json")
+    from bpr_jax.export import encoder_dir
+    path = os.path.join(encoder_dir(config.model.hf_dir), "config.json")  # an export: its question encoder
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path}: model config not found (model.hf_dir)")
     bert = BertConfig.from_json(path)
@@ -178,21 +180,26 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
     return biencoder, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                    abstract_params, shardings)
   if load_weights and config.model.init == "hf":
+    from bpr_jax.export import encoder_dir
     from bpr_jax.models import hf
-    state_dict = hf.load_state_dict(config.model.hf_dir)
-    module = hf.bert_from_state_dict(bert, state_dict, pooling=config.model.pooling, dtype=dtype)
-    if module.code_bits not in (0, code_bits):
-      raise ValueError(f"{config.model.hf_dir} has a {module.code_bits}-dim code head but "
-                       f"model.code_bits is {code_bits}")
-    host = jax.tree.map(np.asarray, BiEncoder.from_modules(module, None)[1]["shared"])
+    # An exported dir (bpr.json) gives its two encoders; a HF BERT dir gives both.
+    dirs = [encoder_dir(config.model.hf_dir, w) for w in (("question",) if shared else ("question", "passage"))]
+    hosts, heads = {}, {}
+    for path in dirs:
+      if path not in hosts:
+        module = hf.bert_from_state_dict(bert, hf.load_state_dict(path), pooling=config.model.pooling, dtype=dtype)
+        if module.code_bits not in (0, code_bits):
+          raise ValueError(f"{path} has a {module.code_bits}-dim code head but model.code_bits is {code_bits}")
+        hosts[path] = jax.tree.map(np.asarray, BiEncoder.from_modules(module, None)[1]["shared"])
+        heads[path] = module.code_bits
 
-    def with_head(seed: int) -> dict:
+    def with_head(path, seed: int) -> dict:
       """The checkpoint's weights plus a freshly initialised code head (if asked and absent)."""
-      if not code_bits or module.code_bits:
-        return host
-      return {**host, "code_head": jax.tree.map(np.asarray, nnx.split(make(seed).code_head)[1].to_pure_dict())}
-    params = ({"shared": with_head(config.seed)} if shared else
-              {"question": with_head(config.seed), "passage": with_head(config.seed + 1)})
+      if not code_bits or heads[path]:
+        return hosts[path]
+      return {**hosts[path], "code_head": jax.tree.map(np.asarray, nnx.split(make(seed).code_head)[1].to_pure_dict())}
+    params = ({"shared": with_head(dirs[0], config.seed)} if shared else
+              {"question": with_head(dirs[0], config.seed), "passage": with_head(dirs[-1], config.seed + 1)})
     return biencoder, parallel.host_to_global(params, shardings)
   params = jax.jit(lambda: init()[1], out_shardings=shardings)()
   return biencoder, params

@@ -207,3 +207,129 @@ def test_warmup_compiles_every_serving_shape(tmp_path):
   assert MIN_BUCKET == 16
   # rows 1, 2, 4, 8 (max 5 -> 8) x lengths 16, 32, 64
   assert exported.warmup_questions(5) == 12
+
+
+# ----------------------------------------------------------------------------
+# DPR door: transformers DPRQuestionEncoder / DPRContextEncoder dirs in, as a command
+
+DPR_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="module")
+def dpr_dirs(tmp_path_factory):
+  """Tiny random DPR encoders saved by transformers' save_pretrained: (root, q, c, tok)."""
+  root = tmp_path_factory.mktemp("dpr_hf")
+  (root / "vocab.txt").write_text("\n".join(DPR_SPECIALS + WORDS) + "\n")
+  cfg = transformers.DPRConfig(vocab_size=len(DPR_SPECIALS + WORDS), hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
+  torch.manual_seed(0)
+  q = transformers.DPRQuestionEncoder(cfg).eval()
+  c = transformers.DPRContextEncoder(cfg).eval()
+  q.save_pretrained(str(root / "question"))  # config.json + model.safetensors, no tokenizer
+  c.save_pretrained(str(root / "ctx"))
+  tok = transformers.DPRQuestionEncoderTokenizer(vocab_file=str(root / "vocab.txt"))
+  tok.save_pretrained(str(root / "tokenizer"))
+  return root, q, c, tok
+
+
+def _run_export(*args):
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, "-m", "bpr_jax.export", *args], capture_output=True, text=True,
+                        timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+
+
+def _torch_pooled(model, batch):
+  with torch.no_grad():
+    return model(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}).pooler_output.numpy()
+
+
+def test_dpr_encoders_in_as_a_command_give_torch_vectors(tmp_path, dpr_dirs):
+  root, q, c, tok = dpr_dirs
+  out = tmp_path / "export"
+  proc = _run_export(f"--dpr_question_encoder={root / 'question'}", f"--dpr_ctx_encoder={root / 'ctx'}",
+                     f"--tokenizer={root / 'tokenizer'}", "--mode=dpr", "--max_length=16", f"--output={out}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  model = export.load_exported(out)
+  assert model.settings["mode"] == "dpr" and model.settings["pooling"] == "cls"
+  assert model.settings["code_bits"] == 32 and not model.settings["shared_encoder"]
+  titles, texts = TITLES, TEXTS
+  q_batch = model.tokenizer.questions(QUESTIONS, 16)
+  p_batch = model.tokenizer.passages(titles, texts, 16)
+  # The project's tokenisation is DPR's: [CLS] q [SEP]; [CLS] title [SEP] text [SEP] with token types.
+  assert tok(QUESTIONS[0])["input_ids"] == [i for i in q_batch["input_ids"][0].tolist() if i]
+  pair = tok(titles[0], texts[0])
+  assert pair["input_ids"] == [i for i in p_batch["input_ids"][0].tolist() if i]
+  assert pair["token_type_ids"] == p_batch["token_type_ids"][0][:len(pair["input_ids"])].tolist()
+  np.testing.assert_allclose(model.encode_questions(QUESTIONS), _torch_pooled(q, q_batch), atol=1e-5)
+  np.testing.assert_allclose(model.encode_passages(titles, texts), _torch_pooled(c, p_batch), atol=1e-5)
+
+
+def test_dpr_import_errors(tmp_path, dpr_dirs):
+  root = dpr_dirs[0]
+  q_dir, c_dir = f"--dpr_question_encoder={root / 'question'}", f"--dpr_ctx_encoder={root / 'ctx'}"
+  no_tok = _run_export(q_dir, c_dir, f"--output={tmp_path / 'a'}")
+  assert no_tok.returncode != 0 and "--tokenizer" in no_tok.stderr
+  one = _run_export(q_dir, f"--output={tmp_path / 'b'}")
+  assert one.returncode != 0 and "both --dpr_question_encoder and --dpr_ctx_encoder" in one.stderr
+  swapped = _run_export(f"--dpr_question_encoder={root / 'ctx'}", f"--dpr_ctx_encoder={root / 'question'}",
+                        f"--tokenizer={root / 'tokenizer'}", f"--output={tmp_path / 'c'}")
+  assert swapped.returncode != 0 and "question_encoder.bert_model." in swapped.stderr
+  assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_dpr_layout_round_trip(tmp_path, tiny):
+  """hf.save_dpr writes what transformers loads as DPRQuestionEncoder / DPRContextEncoder."""
+  tokenizer, _, q, p, _ = tiny
+  hf.save_dpr(q, tmp_path / "q", kind="question", tokenizer=tokenizer)
+  hf.save_dpr(p, tmp_path / "c", kind="ctx", tokenizer=tokenizer)
+  batch = tokenizer.passages(TITLES, TEXTS, 16)
+  tq = transformers.DPRQuestionEncoder.from_pretrained(str(tmp_path / "q")).eval()
+  tc = transformers.DPRContextEncoder.from_pretrained(str(tmp_path / "c")).eval()
+  np.testing.assert_allclose(_torch_pooled(tq, batch), _direct(q, batch), atol=1e-5)
+  np.testing.assert_allclose(_torch_pooled(tc, batch), _direct(p, batch), atol=1e-5)
+  export.import_dpr((tmp_path / "q", tmp_path / "c"), tmp_path / "back", max_length=16)
+  back = export.load_exported(tmp_path / "back")
+  np.testing.assert_allclose(back.encode_passages(TITLES, TEXTS), _direct(p, batch), atol=1e-6)
+  mean = BertEncoder(q.config, pooling="mean", rngs=nnx.Rngs(3))
+  with pytest.raises(ValueError, match="CLS"):
+    hf.save_dpr(mean, tmp_path / "m")
+  assert not (tmp_path / "m").exists()
+
+
+def test_training_starts_from_an_export(tmp_path, exported, tiny):
+  """--config.model.hf_dir=EXPORT: tokenizer, config and both encoders' weights come from it."""
+  import jax
+
+  from bpr_jax import parallel, train
+  from configs import tiny as tiny_config
+  tokenizer, config, q, p, _ = tiny
+  c = tiny_config.get_config()
+  c.model.init, c.model.hf_dir, c.model.pooling = "hf", str(exported), "cls"
+  c.data.source = "dpr_json"
+  c.data.train_path = str(pathlib.Path(__file__).parent / "fixtures" / "dpr_small.json")
+  got_tokenizer, train_source, _ = train.build_data(c, str(tmp_path))
+  assert got_tokenizer.vocab_size == tokenizer.vocab_size and len(train_source) > 0
+  bert = train.encoder_configs(c, got_tokenizer)
+  assert bert.hidden_size == config.hidden_size and bert.num_hidden_layers == config.num_hidden_layers
+  biencoder, params = train.build_biencoder(c, bert, load_weights=True, mesh=parallel.make_mesh())
+  params = jax.tree.map(np.asarray, params)
+  for which, want in (("question", q), ("passage", p)):
+    module = biencoder.question_module(params) if which == "question" else biencoder.passage_module(params)
+    got = hf.state_dict_from_bert(module)
+    for name, value in hf.state_dict_from_bert(want).items():
+      np.testing.assert_array_equal(got[name], value, err_msg=f"{which} {name}")
+  c.model.shared_encoder = True  # shared: the question encoder
+  biencoder, params = train.build_biencoder(c, bert, load_weights=True, mesh=parallel.make_mesh())
+  got = hf.state_dict_from_bert(biencoder.passage_module(jax.tree.map(np.asarray, params)))
+  np.testing.assert_array_equal(got["encoder.layer.1.output.dense.weight"],
+                                hf.state_dict_from_bert(q)["encoder.layer.1.output.dense.weight"])
+  # A plain HF BERT dir is used as is, for both encoders.
+  hf.save_bert(p, tmp_path / "bert", tokenizer=tokenizer)
+  assert export.encoder_dir(tmp_path / "bert", "passage") == str(tmp_path / "bert")
+  c.model.hf_dir, c.model.shared_encoder = str(tmp_path / "bert"), False
+  biencoder, params = train.build_biencoder(c, bert, load_weights=True, mesh=parallel.make_mesh())
+  params = jax.tree.map(np.asarray, params)
+  for module in (biencoder.question_module(params), biencoder.passage_module(params)):
+    np.testing.assert_array_equal(hf.state_dict_from_bert(module)["encoder.layer.0.output.dense.weight"],
+                                  hf.state_dict_from_bert(p)["encoder.layer.0.output.dense.weight"])

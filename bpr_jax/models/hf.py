@@ -410,3 +410,48 @@ def _read_any(path: pathlib.Path) -> dict[str, np.ndarray]:
   if not path.exists():
     raise FileNotFoundError(f"checkpoint not found: {path}")
   return read_weights(path)
+
+
+# ----------------------------------------------------------------------------
+# Writing DPR checkpoints (transformers' DPRQuestionEncoder / DPRContextEncoder)
+
+DPR_ARCHITECTURES = {"question": ("DPRQuestionEncoder", DPR_QUESTION_PREFIX),
+                     "ctx": ("DPRContextEncoder", DPR_PASSAGE_PREFIX)}
+
+
+def dpr_config_dict(config: BertConfig, kind: str) -> dict:
+  """config.json of a transformers DPR encoder (projection_dim 0) around a BERT config."""
+  if kind not in DPR_ARCHITECTURES:
+    raise ValueError(f"kind must be one of {tuple(DPR_ARCHITECTURES)}, got {kind!r}")
+  d = config.to_dict()
+  d.update(architectures=[DPR_ARCHITECTURES[kind][0]], model_type="dpr", projection_dim=0)
+  return d
+
+
+def write_dpr_files(model: BertEncoder, out_dir: PathLike, *, kind: str = "question",
+                    tokenizer=None) -> None:
+  """Writes a dir that transformers loads as DPRQuestionEncoder ('question') or
+  DPRContextEncoder ('ctx'); its pooler_output is the [CLS] hidden state, so only
+  'cls' pooling models can be written."""
+  from safetensors.numpy import save_file
+  if model.pooling != "cls":
+    raise ValueError(f"DPR encoders pool the [CLS] token; this model uses {model.pooling!r} pooling")
+  if model.code_bits:
+    raise ValueError(f"this model has a {model.code_bits}-dim code head (dense + LayerNorm), which the "
+                     "DPR layout cannot hold (its projection is a bare linear layer)")
+  config = dpr_config_dict(model.config, kind)
+  prefix = DPR_ARCHITECTURES[kind][1]
+  out_dir = pathlib.Path(out_dir)
+  with open(out_dir / CONFIG_FILE, "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+    f.write("\n")
+  tensors = {prefix + k: v for k, v in state_dict_from_bert(model).items()}
+  save_file(tensors, str(out_dir / SAFETENSORS_FILE), metadata={"format": "pt"})
+  if tokenizer is not None:
+    tokenizer.save(out_dir)
+
+
+def save_dpr(model: BertEncoder, out_dir: PathLike, *, kind: str = "question", tokenizer=None) -> None:
+  """`write_dpr_files` into a fresh dir, replacing `out_dir` atomically."""
+  with atomic_directory(out_dir) as tmp:
+    write_dpr_files(model, tmp, kind=kind, tokenizer=tokenizer)
