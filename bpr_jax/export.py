@@ -178,7 +178,7 @@ def save_exported(question_encoder: BertEncoder, passage_encoder: BertEncoder,
     if model.pooling != settings["pooling"]:
       raise ValueError(f"{name} pooling {model.pooling!r} != settings pooling "
                        f"{settings['pooling']!r}")
-    if model.output_dim != settings["code_bits"]:
+    if (model.code_bits or settings["code_bits"]) and model.output_dim != settings["code_bits"]:
       raise ValueError(f"{name} gives {model.output_dim}-dim vectors but settings code_bits is "
                        f"{settings['code_bits']}")
   settings.setdefault("format_version", FORMAT_VERSION)
@@ -223,7 +223,7 @@ def load_exported(path: PathLike, *, dtype=jnp.float32) -> ExportedModel:
     if model.config.hidden_size != settings["hidden_size"]:
       raise ValueError(f"{path / name}: hidden size {model.config.hidden_size} != "
                        f"{SETTINGS_FILE} hidden_size {settings['hidden_size']}")
-    if model.output_dim != settings["code_bits"]:
+    if (model.code_bits or settings["code_bits"]) and model.output_dim != settings["code_bits"]:
       raise ValueError(f"{path / name}: gives {model.output_dim}-dim vectors (code head: "
                        f"{model.code_bits or 'none'}) but {SETTINGS_FILE} code_bits is {settings['code_bits']}")
   tokenizer = Tokenizer.from_dir(path / QUESTION_DIR)

@@ -128,3 +128,18 @@ def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
   model = export.load_exported(tmp_path / "export")
   vecs = model.encode_passages(TITLES, TEXTS)
   assert vecs.shape == (3, 96) and codes.pack_codes(vecs).shape == (3, 12)
+
+
+def test_doors_that_cannot_hold_a_head_refuse_it(parts, tmp_path):
+  from bpr_jax import sentence_transformers_export
+  tokenizer, config = parts
+  head = BertEncoder(config, pooling="cls", code_bits=16, rngs=nnx.Rngs(0))
+  (tmp_path / "dpr").mkdir()
+  with pytest.raises(ValueError, match="code head"):
+    hf.write_dpr_files(head, tmp_path / "dpr")
+  settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8, "passage_max_length": 16,
+              "code_bits": 16, "hidden_size": 32, "shared_encoder": True}
+  export.save_exported(head, head, tokenizer, settings, tmp_path / "model")
+  with pytest.raises(ValueError, match="code head"):
+    sentence_transformers_export.export_sentence_transformers(tmp_path / "model", tmp_path / "st")
+  assert not (tmp_path / "st").exists()
