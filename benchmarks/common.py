@@ -62,7 +62,7 @@ def machine_info(*, with_jax: bool = True) -> dict[str, Any]:
 
 def write_result(path: str | os.PathLike, result: Any) -> pathlib.Path:
   """Writes a results JSON atomically (temp name + rename) and returns its path."""
-  from bpr_jax.data.examples import atomic_write_text
+  from bpr_jax.io import atomic_write_text
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   atomic_write_text(path, json.dumps(result, indent=2) + "\n")

@@ -40,8 +40,10 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
+from bpr_jax import io
 from bpr_jax.models import hf
 from bpr_jax.models.bert import POOLINGS, BertConfig, BertEncoder
+from bpr_jax.shapes import next_pow2
 from bpr_jax.tokenization import KEYS, Tokenizer
 
 SETTINGS_FILE = "bpr.json"
@@ -76,10 +78,6 @@ def check_settings(settings: dict, source: PathLike = "settings") -> dict:
   return dict(settings)
 
 
-def _next_pow2(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
-
-
 def make_encode_fn(model: BertEncoder) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
   """A jitted, deterministic batch -> float32 [B, d] numpy function."""
   graphdef, params = nnx.split(model)
@@ -105,7 +103,7 @@ def encode_batches(encode: Callable[[dict[str, np.ndarray]], np.ndarray],
   n = len(batch["input_ids"])
   if n == 0:
     return np.zeros((0, dim), np.float32)
-  size = min(batch_size, _next_pow2(n))
+  size = min(batch_size, next_pow2(n))
   out = []
   for start in range(0, n, size):
     chunk = {k: v[start:start + size] for k, v in batch.items()}
@@ -114,7 +112,7 @@ def encode_batches(encode: Callable[[dict[str, np.ndarray]], np.ndarray],
     # longest row. Masked positions do not change the output; at most log2(L) shapes compile.
     full = chunk["input_ids"].shape[1]
     used = int(chunk["attention_mask"].sum(axis=1).max())
-    length = min(full, max(MIN_BUCKET, _next_pow2(used)))
+    length = min(full, max(MIN_BUCKET, next_pow2(used)))
     if length < full:
       chunk = {k: v[:, :length] for k, v in chunk.items()}
     if rows < size:
@@ -149,8 +147,8 @@ class ExportedModel:
     with up to `max_rows` questions, so a service never compiles while answering; returns the
     number of shapes."""
     full = int(self.settings["question_max_length"])
-    rows = sorted({min(batch_size, _next_pow2(n)) for n in range(1, max(1, max_rows) + 1)})
-    lengths = sorted({min(full, max(MIN_BUCKET, _next_pow2(n))) for n in range(1, full + 1)})
+    rows = sorted({min(batch_size, next_pow2(n)) for n in range(1, max(1, max_rows) + 1)})
+    lengths = sorted({min(full, max(MIN_BUCKET, next_pow2(n))) for n in range(1, full + 1)})
     fn = self._fn("question")
     for r in rows:
       for length in lengths:
@@ -182,7 +180,7 @@ def save_exported(question_encoder: BertEncoder, passage_encoder: BertEncoder,
       raise ValueError(f"{name} gives {model.output_dim}-dim vectors but settings code_bits is "
                        f"{settings['code_bits']}")
   settings.setdefault("format_version", FORMAT_VERSION)
-  with hf.atomic_directory(out_dir) as tmp:
+  with io.atomic_directory(out_dir) as tmp:
     for name, model in ((QUESTION_DIR, question_encoder), (PASSAGE_DIR, passage_encoder)):
       (tmp / name).mkdir()
       hf.write_bert_files(model, tmp / name, tokenizer=tokenizer)

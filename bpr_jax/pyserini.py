@@ -39,6 +39,8 @@ from typing import Sequence
 
 import numpy as np
 
+from bpr_jax import io
+
 INDEX_FILE = "index"
 DOCID_FILE = "docid"
 ENCODER_DIR = "query_encoder"
@@ -116,7 +118,7 @@ def write_pyserini(index, model, out_dir: PathLike) -> dict:
           "faiss_ids": kind, "source_index_kind": index.kind,
           "source_index": str(index.path) if index.path is not None else None,
           "question_max_length": int(settings["question_max_length"])}
-  with hf.atomic_directory(out_dir) as tmp:
+  with io.atomic_directory(out_dir) as tmp:
     faiss.write_index_binary(build_faiss_index(codes, numeric), str(tmp / INDEX_FILE))
     (tmp / DOCID_FILE).write_text(docids, encoding="utf-8")
     (tmp / ENCODER_DIR).mkdir()

@@ -37,6 +37,8 @@ import pathlib
 import shutil
 from typing import Sequence
 
+from bpr_jax import io
+
 QUESTION_DIR = "question"
 PASSAGE_DIR = "passage"
 POOLING_DIR = "1_Pooling"
@@ -99,7 +101,7 @@ def export_sentence_transformers(model_dir: PathLike, out_dir: PathLike) -> dict
   for source, _, _ in parts:
     if not (model_dir / source / hf.CONFIG_FILE).is_file():
       raise FileNotFoundError(f"missing {source}/{hf.CONFIG_FILE} in exported model {model_dir}")
-  with hf.atomic_directory(out_dir) as tmp:
+  with io.atomic_directory(out_dir) as tmp:
     for source, name, max_length in parts:
       (tmp / name).mkdir()
       write_st_dir(model_dir / source, tmp / name, pooling=settings["pooling"],

@@ -40,3 +40,12 @@ def minilm_dir(shared) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def scifact_dir(shared) -> pathlib.Path:
   return shared / "data" / "scifact"
+
+
+def save_bert_dir(model, out_dir, *, tokenizer=None) -> pathlib.Path:
+  """Writes one encoder as a Hugging Face BertModel dir (config.json, model.safetensors), atomically."""
+  from bpr_jax import io
+  from bpr_jax.models import hf
+  with io.atomic_directory(out_dir) as tmp:
+    hf.write_bert_files(model, tmp, tokenizer=tokenizer)
+  return pathlib.Path(out_dir)

@@ -15,6 +15,7 @@ from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder, pool
 from bpr_jax.tokenization import Tokenizer
 from configs import tiny
+from conftest import save_bert_dir
 
 WORDS = ["who", "wrote", "the", "binary", "passage", "retriever", "hash", "code", "paper", "fast"]
 TITLES = ["binary passage retriever", "", "hash code"]
@@ -116,7 +117,7 @@ def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
   c = _tiny_config()
   train.train_and_evaluate(c, str(tmp_path / "base"))
   q0, _, tok, _ = train.restore_for_export(str(tmp_path / "base"))
-  hf.save_bert(q0, tmp_path / "hf", tokenizer=tok)
+  save_bert_dir(q0, tmp_path / "hf", tokenizer=tok)
   c = _tiny_config(init="hf", hf_dir=str(tmp_path / "hf"), code_bits=96)
   c.data.tokenizer_dir = str(tmp_path / "hf")
   train.train_and_evaluate(c, str(tmp_path / "run"))

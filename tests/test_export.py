@@ -15,6 +15,7 @@ from bpr_jax import export
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.tokenization import Tokenizer
+from conftest import save_bert_dir
 
 WORDS = ["who", "what", "wrote", "is", "the", "a", "binary", "passage", "retriever",
          "hash", "code", "paper", "title", "text", "about", "retrieval", "fast", "search"]
@@ -325,7 +326,7 @@ def test_training_starts_from_an_export(tmp_path, exported, tiny):
   np.testing.assert_array_equal(got["encoder.layer.1.output.dense.weight"],
                                 hf.state_dict_from_bert(q)["encoder.layer.1.output.dense.weight"])
   # A plain HF BERT dir is used as is, for both encoders.
-  hf.save_bert(p, tmp_path / "bert", tokenizer=tokenizer)
+  save_bert_dir(p, tmp_path / "bert", tokenizer=tokenizer)
   assert export.encoder_dir(tmp_path / "bert", "passage") == str(tmp_path / "bert")
   c.model.hf_dir, c.model.shared_encoder = str(tmp_path / "bert"), False
   biencoder, params = train.build_biencoder(c, bert, load_weights=True, mesh=parallel.make_mesh())

@@ -12,6 +12,7 @@ from safetensors.numpy import save_file
 
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder
+from conftest import save_bert_dir
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=24)
@@ -27,7 +28,7 @@ def minilm(minilm_dir):
 def _tiny_dir(tmp_path, name="tiny", seed=0):
   model = BertEncoder(TINY, rngs=nnx.Rngs(seed))
   out = tmp_path / name
-  hf.save_bert(model, out)
+  save_bert_dir(model, out)
   return model, out
 
 
@@ -55,9 +56,9 @@ def test_state_dict_round_trip(minilm_dir, minilm):
   assert set(loaded) >= file_names
 
 
-def test_save_bert_loads_in_transformers(tmp_path, minilm):
+def test_bert_dir_loads_in_transformers(tmp_path, minilm):
   out = tmp_path / "saved"
-  hf.save_bert(minilm, out)
+  save_bert_dir(minilm, out)
   assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
   assert json.loads((out / "config.json").read_text())["model_type"] == "bert"
   ids = IDS[:, :6]
@@ -68,10 +69,10 @@ def test_save_bert_loads_in_transformers(tmp_path, minilm):
   np.testing.assert_array_equal(_cls(again, ids), _cls(minilm, ids))
 
 
-def test_save_bert_replaces_existing_dir_and_leaves_no_temp(tmp_path):
+def test_bert_dir_replaces_existing_dir_and_leaves_no_temp(tmp_path):
   model, out = _tiny_dir(tmp_path)
   (out / "stale.txt").write_text("x")
-  hf.save_bert(model, out)
+  save_bert_dir(model, out)
   assert not (out / "stale.txt").exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
 

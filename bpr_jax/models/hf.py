@@ -24,18 +24,16 @@ Old TF-converted names `LayerNorm.gamma` / `LayerNorm.beta` are accepted.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bpr_jax import io
 from bpr_jax.models.bert import BertConfig, BertEncoder
 
 CONFIG_FILE = "config.json"
@@ -328,31 +326,6 @@ def state_dict_from_bert(model: BertEncoder) -> dict[str, np.ndarray]:
   return out
 
 
-@contextlib.contextmanager
-def atomic_directory(out_dir: PathLike) -> Iterator[pathlib.Path]:
-  """Yields a temp dir beside `out_dir`; on success it replaces `out_dir`.
-
-  On error the temp dir is removed and `out_dir` is left untouched.
-  """
-  out_dir = pathlib.Path(out_dir)
-  if out_dir.exists() and not out_dir.is_dir():
-    raise FileExistsError(f"output path exists and is not a directory: {out_dir}")
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-  try:
-    yield tmp
-    old = None
-    if out_dir.exists():
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-      os.replace(out_dir, old / "x")
-    os.replace(tmp, out_dir)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-
-
 def write_bert_files(model: BertEncoder, out_dir: PathLike, *, tokenizer=None) -> None:
   """Writes config.json, model.safetensors (and tokenizer files) into an existing dir."""
   from safetensors.numpy import save_file
@@ -364,12 +337,6 @@ def write_bert_files(model: BertEncoder, out_dir: PathLike, *, tokenizer=None) -
             metadata={"format": "pt"})
   if tokenizer is not None:
     tokenizer.save(out_dir)
-
-
-def save_bert(model: BertEncoder, out_dir: PathLike, *, tokenizer=None) -> None:
-  """Saves a HF-loadable BertModel dir: config.json + model.safetensors (+ tokenizer)."""
-  with atomic_directory(out_dir) as tmp:
-    write_bert_files(model, tmp, tokenizer=tokenizer)
 
 
 # ----------------------------------------------------------------------------
@@ -453,5 +420,5 @@ def write_dpr_files(model: BertEncoder, out_dir: PathLike, *, kind: str = "quest
 
 def save_dpr(model: BertEncoder, out_dir: PathLike, *, kind: str = "question", tokenizer=None) -> None:
   """`write_dpr_files` into a fresh dir, replacing `out_dir` atomically."""
-  with atomic_directory(out_dir) as tmp:
+  with io.atomic_directory(out_dir) as tmp:
     write_dpr_files(model, tmp, kind=kind, tokenizer=tokenizer)
