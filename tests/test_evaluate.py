@@ -279,3 +279,26 @@ def test_evaluate_command(setup, tmp_path):
   assert [r["name"] for r in rows] == ["bpr-flat", "bpr-flat-no-rerank", "bpr-flat-no-candidates",
                                        "flat_ip", "lsh"]
   assert "| name | recall@1 | recall@10 | ndcg@10 | mrr@10 |" in res.stdout
+
+
+def test_questions_are_normalised_as_dpr(setup, minilm_dir):
+  """A trailing "?" is dropped (DPR/BPR) wherever questions are tokenised: training batches,
+  question encoding for evaluation and for the service all go through Tokenizer.questions."""
+  from bpr_jax.data.examples import Example, Passage
+  from bpr_jax.data.pipeline import eval_batches
+  from bpr_jax.tokenization import normalize_question
+  assert normalize_question("what is dna?") == "what is dna"
+  assert normalize_question("what is dna") == "what is dna"
+  assert normalize_question("?") == "?"
+  tok = Tokenizer.from_dir(minilm_dir)
+  a, b = tok.questions(["what is dna?"], 16), tok.questions(["what is dna"], 16)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  _, model, _ = setup
+  np.testing.assert_array_equal(model.encode_questions(["what is dna?"]),
+                                model.encode_questions(["what is dna"]))
+  p = Passage(id="1", title="t", text="x")
+  ex = [Example(question=q, answers=(), positives=(p,), negatives=(), hard_negatives=(p,))
+        for q in ("what is dna?", "what is dna")]
+  batch = next(iter(eval_batches(ex, tok, batch_size=2, question_max_length=16, passage_max_length=16)))
+  np.testing.assert_array_equal(batch["q_input_ids"][0], batch["q_input_ids"][1])
