@@ -205,8 +205,12 @@ PQ_MIN_POINTS_PER_CENTROID = 39
 
 
 def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
-                  ids: np.ndarray, log: Callable[[str], None] | None = print) -> list[System]:
-  """Float baselines over passage embeddings [N, d]; ``ids[r]`` is the id of embedding row r."""
+                  ids: np.ndarray, log: Callable[[str], None] | None = print,
+                  ids_bytes: int | None = None) -> list[System]:
+  """Float baselines over passage embeddings [N, d]; ``ids[r]`` is the id of embedding row r.
+
+  ``ids_bytes`` (default ``ids.nbytes``) is what the ids add to each row's ``index_bytes``.
+  """
   import faiss  # pylint: disable=import-outside-toplevel
 
   emb = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -214,7 +218,7 @@ def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
   ids = np.asarray(ids)
   if ids.shape != (n,):
     raise ValueError(f"{n} passage embeddings but {ids.shape[0] if ids.ndim else 0} ids")
-  ids_bytes = int(ids.nbytes)
+  ids_bytes = int(ids.nbytes) if ids_bytes is None else int(ids_bytes)
   systems = []
   for name in names:
     if name not in BASELINES:
