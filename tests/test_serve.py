@@ -292,3 +292,37 @@ def test_warmup_compiles_every_search_shape_before_serving(tmp_path: pathlib.Pat
   assert [r.status_code for r in responses] == [200] * 40
   assert all(len(h) == min(b["k"], n) for b, r in zip(bodies, responses) for h in r.json()["results"])
   assert search_mod._rerank_block._cache_size() == compiled  # nothing compiled while serving
+
+
+def test_service_reads_passages_by_id_on_a_saved_ivf_index(tmp_path: pathlib.Path) -> None:
+  """A saved ivf index renumbers its rows; the service still shows each hit's own passage."""
+  import numpy as np
+
+  from bpr_jax.codes import pack_codes
+  from bpr_jax.index import BinaryIndex, build_index, save_index
+  from bpr_jax.search import Retriever
+
+  n, dim = 300, 64
+  path = tmp_path / "psgs.tsv"
+  ids = [str(100 + i) for i in range(n)]
+  path.write_text("id\ttext\ttitle\n" + "".join(f"{p}\tText of {p}\tTitle {p}\n" for p in ids))
+  store = PassageStore(path, cache_dir=tmp_path / "cache")
+  vecs = np.random.default_rng(2).standard_normal((n, dim)).astype(np.float32)
+  codes = pack_codes(vecs)
+  save_index(tmp_path / "index", build_index(codes, "ivf", nlist=10, nprobe=10), codes, ids)
+  index = BinaryIndex.load(tmp_path / "index")
+
+  class QuestionEncoder:  # Question "about <id>" encodes exactly like passage <id>.
+    settings = {"code_bits": dim}
+
+    def encode_questions(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+      return np.stack([vecs[ids.index(t.split()[-1])] for t in texts])
+
+  asked = [ids[0], ids[150], ids[299]]
+  with TestClient(create_app(Retriever(QuestionEncoder(), index, l=n), store)) as client:
+    resp = client.post("/search", json={"questions": [f"about {p}" for p in asked], "k": 5})
+  assert resp.status_code == 200, resp.text
+  for pid, hits in zip(asked, resp.json()["results"]):
+    assert hits[0]["id"] == pid
+    for h in hits:
+      assert (h["title"], h["text"]) == (f"Title {h['id']}", f"Text of {h['id']}")
