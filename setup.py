@@ -24,6 +24,7 @@ setup(
         "absl-py>=2.1",
         "ijson>=3.3",
         "bm25s>=0.2.6",
+        "pytrec-eval-terrier>=0.5.6",  # trec_eval metrics, as BEIR computes them
         "tensorboardX>=2.6",
         "tqdm>=4.66",
         "importlib_resources>=6",  # tensorflow-datasets needs it on Python >= 3.9 for package builders

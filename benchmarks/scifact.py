@@ -201,11 +201,11 @@ def gaussian_lsh(docs: np.ndarray, ids, seed: int):
   from bpr_jax.search import two_stage_search
   w = np.random.default_rng(seed).standard_normal((docs.shape[1], 384)).astype(np.float32)
   index = BinaryIndex.from_arrays(pack_codes(docs @ w), ids, kind="flat")
-  search = lambda qv, k: two_stage_search(np.asarray(qv, np.float32) @ w, index, k=k, rerank=False)[1]  # noqa: E731
-  return evaluate.System("minilm-lsh", search, 48.0, int(index.memory_bytes() + w.nbytes))
+  search = lambda qv, k: two_stage_search(np.asarray(qv, np.float32) @ w, index, k=k, rerank=False)  # noqa: E731
+  return evaluate.System("minilm-lsh", search, 48.0, int(index.memory_bytes() + w.nbytes), index.ids)
 
 
-def ip_pq(docs: np.ndarray, ids_bytes: int):
+def ip_pq(docs: np.ndarray, ids_bytes: int, ids):
   """PQ 48 x 8 bits with inner-product ADC (faiss IndexPQ, METRIC_INNER_PRODUCT, k-means seed
   1234) over the L2-normalised vectors: the asymmetric distance <q, decode(code)>."""
   import faiss
@@ -214,7 +214,7 @@ def ip_pq(docs: np.ndarray, ids_bytes: int):
   index.train(np.ascontiguousarray(docs))
   index.add(np.ascontiguousarray(docs))
   return evaluate.System("minilm-pq", evaluate._faiss_search(index), 48.0,  # pylint: disable=protected-access
-                         int(faiss.serialize_index(index).size) + ids_bytes)
+                         int(faiss.serialize_index(index).size) + ids_bytes, np.asarray(ids))
 
 
 def untrained_rows(work: pathlib.Path, fmt: str, num_single: int, sweep: dict | None = None) -> list[dict]:
@@ -230,7 +230,7 @@ def untrained_rows(work: pathlib.Path, fmt: str, num_single: int, sweep: dict | 
   if not (np.isfinite(q).all() and np.isfinite(d).all()):
     raise ValueError("cached embeddings contain NaN/inf")
   qn, dn = l2_normalize(q), l2_normalize(d)
-  scorer = evaluate.Scorer(questions, np.asarray(ids), ks=(10, 100))
+  scorer = evaluate.Scorer(questions, ks=(10, 100))
   ids_bytes = int(np.asarray(ids).astype(np.int64).nbytes)  # SciFact ids are integers
 
   index = BinaryIndex.from_arrays(pack_codes(d), ids, kind="flat")
@@ -239,12 +239,12 @@ def untrained_rows(work: pathlib.Path, fmt: str, num_single: int, sweep: dict | 
              "bpr-flat-no-candidates": "minilm-sign-rerank-all"}
   for s in sign:
     s.name = renamed[s.name]
-  floats = evaluate.float_systems(dn, 384, ["flat_ip", "lsh", "pq"], ids_bytes)
+  floats = evaluate.float_systems(dn, 384, ["flat_ip", "lsh", "pq"], np.asarray(ids), ids_bytes=ids_bytes)
   for s in floats:
     s.name = {"flat_ip": "minilm-float", "lsh": "minilm-lsh-faiss", "pq": "minilm-pq-l2"}[s.name]
-  dot = evaluate.float_systems(d, 384, ["flat_ip"], ids_bytes)[0]
+  dot = evaluate.float_systems(d, 384, ["flat_ip"], np.asarray(ids), ids_bytes=ids_bytes)[0]
   dot.name = "minilm-float-dot"
-  by_name = {s.name: s for s in sign + floats + [dot, gaussian_lsh(dn, ids, LSH_SEED), ip_pq(dn, ids_bytes)]}
+  by_name = {s.name: s for s in sign + floats + [dot, gaussian_lsh(dn, ids, LSH_SEED), ip_pq(dn, ids_bytes, ids)]}
   order = ["minilm-float", "minilm-sign", "minilm-sign-two-stage", "minilm-lsh", "minilm-pq",
            "minilm-float-dot", "minilm-sign-rerank-all", "minilm-lsh-faiss", "minilm-pq-l2"]
   # The sign rows search with the raw question vector (its scale changes no ranking); the
@@ -292,7 +292,7 @@ def seed_sweep(work: pathlib.Path, fmt: str, seeds) -> dict:
   from bpr_jax.index import BinaryIndex
   from bpr_jax.search import two_stage_search
   ids, questions = load_questions(work)
-  scorer = evaluate.Scorer(questions, np.asarray(ids), ks=(10, 100))
+  scorer = evaluate.Scorer(questions, ks=(10, 100))
   q = l2_normalize(np.load(work / "emb_queries_test.npy"))
   d = l2_normalize(np.load(work / f"emb_docs_{fmt}.npy"))
   out: dict = {"lsh-rotation": [], "lsh-gaussian": [], "pq": []}
@@ -301,18 +301,18 @@ def seed_sweep(work: pathlib.Path, fmt: str, seeds) -> dict:
     lsh.rrot.init(int(seed))
     lsh.is_trained = True
     lsh.add(d)
-    _, rows = lsh.search(q, 100)
-    out["lsh-rotation"].append(scorer(rows.astype(np.int64)))
+    dist, rows = lsh.search(q, 100)
+    out["lsh-rotation"].append(scorer(-dist.astype(np.float32), rows.astype(np.int64), np.asarray(ids)))
     w = np.random.default_rng(seed).standard_normal((384, 384)).astype(np.float32)
     index = BinaryIndex.from_arrays(pack_codes(d @ w), ids, kind="flat")
-    rows = two_stage_search(q @ w, index, k=100, rerank=False)[1]
-    out["lsh-gaussian"].append(scorer(rows))
+    scores, rows = two_stage_search(q @ w, index, k=100, rerank=False)
+    out["lsh-gaussian"].append(scorer(scores, rows, index.ids))
     pq = faiss.IndexPQ(384, 48, 8, faiss.METRIC_INNER_PRODUCT)
     pq.pq.cp.seed = int(seed)
     pq.train(d)
     pq.add(d)
-    _, rows = pq.search(q, 100)
-    out["pq"].append(scorer(rows.astype(np.int64)))
+    sims, rows = pq.search(q, 100)
+    out["pq"].append(scorer(sims, rows.astype(np.int64), np.asarray(ids)))
   summary = {}
   for name, runs in out.items():
     summary[name] = {"seeds": list(seeds)}

@@ -7,8 +7,8 @@ reports throughput, latency percentiles, errors, the server's batching and its
 resident memory at the start and end (it should stay flat).
 
 Targets:
-  --fake                        start `bpr_jax.serve --fake_retriever` on a
-                                synthetic corpus (no model needed)
+  --fake                        start `benchmarks/fake_serve.py` (the fake
+                                retriever) on a synthetic corpus (no model)
   --model=M --index=I --passages=P
                                 start the real server on a real model and index
   --url=http://127.0.0.1:8000   use a server that is already running
@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--timeout", type=float, default=30.0, help="Per-request timeout in seconds.")
   p.add_argument("--startup_timeout", type=float, default=600.0, help="Seconds to wait for a started server.")
   p.add_argument("--out", default=str(DEFAULT_OUT), help="Where to write the JSON results.")
+  p.add_argument("--no_server_warmup", action="store_true",
+                 help="Start the real server with --nowarmup (to compare cold start-up).")
   args = p.parse_args(argv)
   if args.model and not (args.index and args.passages):
     p.error("--model needs --index and --passages")
@@ -140,17 +142,21 @@ class Server:
       return
     port = _free_port()
     self.url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "bpr_jax.serve", "--host=127.0.0.1", f"--port={port}",
-           f"--max_batch={args.max_batch}", f"--max_wait_ms={args.max_wait_ms}", "--log_level=warning"]
+    common = ["--host=127.0.0.1", f"--port={port}", f"--max_batch={args.max_batch}",
+              f"--max_wait_ms={args.max_wait_ms}", "--log_level=warning"]
     if args.fake:
       passages = args.passages
       if not passages:
         passages = str(tmp / "fake_passages.tsv")
         _write_fake_corpus(pathlib.Path(passages), args.fake_passages)
-      cmd += ["--fake_retriever", f"--passages={passages}", f"--passage_cache_dir={tmp / 'cache'}",
-              f"--fake_delay_ms={args.fake_delay_ms}", f"--fake_per_question_ms={args.fake_per_question_ms}"]
+      cmd = [sys.executable, "-m", "benchmarks.fake_serve", *common, f"--passages={passages}",
+             f"--passage_cache_dir={tmp / 'cache'}", f"--delay_ms={args.fake_delay_ms}",
+             f"--per_question_ms={args.fake_per_question_ms}"]
     else:
-      cmd += [f"--model={args.model}", f"--index={args.index}", f"--passages={args.passages}"]
+      cmd = [sys.executable, "-m", "bpr_jax.serve", *common, f"--model={args.model}", f"--index={args.index}",
+             f"--passages={args.passages}"]
+      if args.no_server_warmup:
+        cmd.append("--nowarmup")
     self._log = open(self.log_path, "wb")
     self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -246,6 +252,7 @@ async def run_load(url: str, questions: list[str], args: argparse.Namespace, cou
                    duration: float) -> dict[str, Any]:
   """Sends up to `count` requests from `args.clients` clients for at most `duration` s."""
   latencies: list[float] = []
+  by_send: list[tuple[int, float]] = []  # (send order, latency) of the successful requests
   errors: dict[str, int] = {}
   sent = 0
   deadline = time.monotonic() + duration
@@ -254,13 +261,14 @@ async def run_load(url: str, questions: list[str], args: argparse.Namespace, cou
   def body() -> dict[str, Any]:
     return {"questions": rng.sample(questions, min(args.questions_per_request, len(questions))), "k": args.k}
 
-  def record(t0: float, status: int, data: bytes, n_questions: int) -> None:
+  def record(t0: float, status: int, data: bytes, n_questions: int, order: int = 0) -> None:
     try:
       ok = status == 200 and len(json.loads(data)["results"]) == n_questions
     except (ValueError, KeyError, TypeError):
       ok = False
     if ok:
       latencies.append(time.perf_counter() - t0)
+      by_send.append((order, latencies[-1]))
     else:
       key = f"http_{status}" if status != 200 else "bad_body"
       errors[key] = errors.get(key, 0) + 1
@@ -275,6 +283,7 @@ async def run_load(url: str, questions: list[str], args: argparse.Namespace, cou
     try:
       while sent < count and time.monotonic() < deadline:
         sent += 1
+        order = sent
         payload = body()
         t0 = time.perf_counter()
         try:
@@ -282,7 +291,7 @@ async def run_load(url: str, questions: list[str], args: argparse.Namespace, cou
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
           failed(e)
           continue
-        record(t0, status, data, len(payload["questions"]))
+        record(t0, status, data, len(payload["questions"]), order)
     finally:
       await client.close()
 
@@ -290,6 +299,7 @@ async def run_load(url: str, questions: list[str], args: argparse.Namespace, cou
     nonlocal sent
     while sent < count and time.monotonic() < deadline:
       sent += 1
+      order = sent
       payload = body()
       t0 = time.perf_counter()
       try:
@@ -297,7 +307,7 @@ async def run_load(url: str, questions: list[str], args: argparse.Namespace, cou
       except httpx.HTTPError as e:
         failed(e)
         continue
-      record(t0, r.status_code, r.content, len(payload["questions"]))
+      record(t0, r.status_code, r.content, len(payload["questions"]), order)
 
   started = time.perf_counter()
   if args.client == "raw":
@@ -307,7 +317,8 @@ async def run_load(url: str, questions: list[str], args: argparse.Namespace, cou
     async with httpx.AsyncClient(timeout=args.timeout, limits=limits) as ac:
       await asyncio.gather(*(httpx_client(ac) for _ in range(args.clients)))
   wall = time.perf_counter() - started
-  return {"latencies": latencies, "errors": errors, "sent": sent, "wall_s": wall}
+  in_order = [lat for _, lat in sorted(by_send)]
+  return {"latencies": latencies, "in_send_order": in_order, "errors": errors, "sent": sent, "wall_s": wall}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -330,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       health = server.wait_ready(args.startup_timeout)
       startup_s = time.monotonic() - t0
       rss_start = server.rss()
+      # The first requests after start-up next to later ones: with the start-up warm-up (the
+      # server's default) the first 20 are as fast as the next 200.
+      first = asyncio.run(run_load(server.url, questions, args, 220, args.duration))
       if args.warmup:
         asyncio.run(run_load(server.url, questions, args, args.warmup, args.duration))
       rss_warm = server.rss()
@@ -340,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
       server.stop()
   lat_ms = [x * 1000 for x in res["latencies"]]
+  first_ms = [x * 1000 for x in first["in_send_order"]]
   calls = after["search_calls"] - before["search_calls"]
   served = after["questions_served"] - before["questions_served"]
   n_err = sum(res["errors"].values())
@@ -362,6 +377,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "latency_ms": {"p50": round(percentile(lat_ms, 50), 2), "p90": round(percentile(lat_ms, 90), 2),
                      "p99": round(percentile(lat_ms, 99), 2), "max": round(max(lat_ms), 2) if lat_ms else None,
                      "mean": round(sum(lat_ms) / len(lat_ms), 2) if lat_ms else None},
+      "after_startup_ms": {"first_20_p50": round(percentile(first_ms[:20], 50), 2),
+                           "next_200_p50": round(percentile(first_ms[20:220], 50), 2),
+                           "first_request": round(first_ms[0], 2) if first_ms else None,
+                           "errors": sum(first["errors"].values())},
+      "server_warmup": not args.no_server_warmup,
       "server_search_calls": calls,
       "server_mean_batch": round(served / calls, 2) if calls else 0.0,
       "server_rss_mib": {"start": _mib(rss_start, mib), "after_warmup": _mib(rss_warm, mib),
@@ -382,6 +402,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result['throughput_rps']} req/s ({result['throughput_qps']} questions/s)")
   print(f"latency ms: p50 {result['latency_ms']['p50']}  p90 {result['latency_ms']['p90']}  "
         f"p99 {result['latency_ms']['p99']}  max {result['latency_ms']['max']}")
+  print(f"after start-up: p50 of the first 20 requests {result['after_startup_ms']['first_20_p50']} ms, "
+        f"of the next 200 {result['after_startup_ms']['next_200_p50']} ms (first request "
+        f"{result['after_startup_ms']['first_request']} ms)")
   print(f"server: {calls} search calls, mean batch {result['server_mean_batch']}; RSS MiB start "
         f"{result['server_rss_mib']['start']} -> warm {result['server_rss_mib']['after_warmup']} -> end "
         f"{result['server_rss_mib']['end']}")

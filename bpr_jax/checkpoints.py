@@ -13,6 +13,19 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def latest_step_on_disk(workdir: str) -> int | None:
+  """Latest finished checkpoint step in WORKDIR/checkpoints, without creating anything.
+
+  Orbax renames a step's temporary directory to the bare step number when it is complete,
+  so only all-digit names count.
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
+  return max(steps) if steps else None
+
+
 class Checkpointer:
   """Saves every `save_every` steps (and on demand), keeps the last `keep`."""
 

@@ -19,7 +19,10 @@ Rows (one JSON object each, also printed as a Markdown table):
                            same bytes (IndexPQ, M = bytes, 8 bits/code)
 
 Each row has ``recall@k`` for every k (answer recall / top-k accuracy on QA
-data, qrels recall on BEIR), ``ndcg@10`` and ``mrr@10`` (BEIR only),
+data, in the system's order; qrels recall on BEIR), ``ndcg@10`` and
+``mrr@10`` (BEIR only; computed by pytrec_eval with BEIR's conventions, see
+``metrics.beir_evaluate``: re-sorted by score, ties by document id,
+``--ignore_identical_ids``),
 ``bytes_per_passage``, ``index_bytes``, ``ms_per_query`` (whole question set
 in one batch, search only) and ``ms_per_query_single`` (one question at a
 time, first ``--num_single`` questions).  Question encoding is not timed.
@@ -43,7 +46,8 @@ BASELINES = ("flat_ip", "hnsw", "lsh", "pq")
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 
-SearchFn = Callable[[np.ndarray, int], np.ndarray]  # (q_emb [B, d], k) -> rows [B, k]
+# (q_emb [B, d], k) -> (scores [B, k] float32, rows [B, k] int64; -1 where missing)
+SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclasses.dataclass
@@ -95,22 +99,23 @@ def load_beir(beir_dir: str | os.PathLike, split: str, corpus_ids: Sequence[str]
 
 
 class Scorer:
-  """Turns retrieved index rows [B, K] into metric values.
+  """Turns retrieved (scores, rows) [B, K] of a system into metric values.
 
-  QA mode checks answers in passage texts (cached per (question, row), so the
-  rows of several systems share the work); BEIR mode maps rows to ids and
-  uses the qrels.
+  Rows are mapped to passage ids with the system's own ``ids`` (row -> id):
+  every lookup goes by id, never by a row of another file.  QA mode checks
+  answers in passage texts (cached per (question, passage id), so the systems
+  share the work); BEIR mode scores the run with `metrics.beir_evaluate`.
   """
 
-  def __init__(self, questions: Questions, ids: np.ndarray, ks: Sequence[int],
-               passage_text: Callable[[Sequence[int]], list[str]] | None = None,
-               match: str = "string"):
+  def __init__(self, questions: Questions, ks: Sequence[int],
+               passage_text: Callable[[Sequence[str], Sequence[int]], list[str]] | None = None,
+               match: str = "string", ignore_identical_ids: bool = True):
     self.q = questions
-    self.ids = ids
     self.ks = sorted(set(int(k) for k in ks))
     self.passage_text = passage_text
     self.match = match
-    self._cache: dict[tuple[int, int], bool] = {}
+    self.ignore_identical_ids = ignore_identical_ids
+    self._cache: dict[tuple[int, str], bool] = {}
     if questions.answers is not None and passage_text is None:
       raise ValueError("QA evaluation needs --passages to read passage texts")
 
@@ -118,28 +123,41 @@ class Scorer:
   def max_k(self) -> int:
     return max(self.ks + ([10] if self.q.qrels is not None else []))
 
-  def __call__(self, rows: np.ndarray) -> dict[str, float]:
+  def __call__(self, scores: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    rows = np.asarray(rows)
+    pids = [[str(ids[r]) if r >= 0 else None for r in rr] for rr in rows.tolist()]
     if self.q.answers is not None:
-      return self._qa(rows)
-    return self._beir(rows)
+      return self._qa(pids, rows)
+    return self._beir(np.asarray(scores), pids)
 
-  def _qa(self, rows: np.ndarray) -> dict[str, float]:
-    need = sorted({(i, int(r)) for i, rr in enumerate(rows.tolist()) for r in rr
-                   if r >= 0 and (i, int(r)) not in self._cache})
+  def _qa(self, pids: list[list[str | None]], rows: np.ndarray) -> dict[str, float]:
+    need: dict[tuple[int, str], int] = {}
+    for i, (pp, rr) in enumerate(zip(pids, rows.tolist())):
+      for p, r in zip(pp, rr):
+        if p is not None and (i, p) not in self._cache:
+          need.setdefault((i, p), int(r))
     if need:
-      texts = self.passage_text([r for _, r in need])
-      for (i, r), text in zip(need, texts):
-        self._cache[(i, r)] = metrics.has_answer(self.q.answers[i], text, self.match)
-    hits = [[r >= 0 and self._cache[(i, int(r))] for r in rr] for i, rr in enumerate(rows.tolist())]
+      keys = sorted(need)
+      texts = self.passage_text([p for _, p in keys], [need[key] for key in keys])
+      for (i, p), text in zip(keys, texts):
+        self._cache[(i, p)] = metrics.has_answer(self.q.answers[i], text, self.match)
+    hits = [[p is not None and self._cache[(i, p)] for p in pp] for i, pp in enumerate(pids)]
     rec = metrics.answer_recall_at_k(hits, self.ks)
     return {f"recall@{k}": v for k, v in rec.items()}
 
-  def _beir(self, rows: np.ndarray) -> dict[str, float]:
-    run = {qid: [str(self.ids[r]) for r in rr if r >= 0]
-           for qid, rr in zip(self.q.qids, rows.tolist())}
-    out = {f"recall@{k}": metrics.recall_at_k(self.q.qrels, run, k) for k in self.ks}
-    out["ndcg@10"] = metrics.ndcg_at_k(self.q.qrels, run, 10)
-    out["mrr@10"] = metrics.mrr_at_k(self.q.qrels, run, 10)
+  def _beir(self, scores: np.ndarray, pids: list[list[str | None]]) -> dict[str, float]:
+    results: dict[str, dict[str, float]] = {}
+    for qid, pp, ss in zip(self.q.qids, pids, scores.tolist()):
+      docs: dict[str, float] = {}
+      for p, sc in zip(pp, ss):
+        if p is not None and sc > docs.get(p, -np.inf):
+          docs[p] = float(sc)
+      results[qid] = docs
+    m = metrics.beir_evaluate(self.q.qrels, results, self.ks + [10],
+                              ignore_identical_ids=self.ignore_identical_ids)
+    out = {f"recall@{k}": m[f"recall@{k}"] for k in self.ks}
+    out["ndcg@10"] = m["ndcg@10"]
+    out["mrr@10"] = m["mrr@10"]
     return out
 
 
@@ -155,6 +173,7 @@ class System:
   search: SearchFn
   bytes_per_passage: float
   index_bytes: int
+  ids: np.ndarray  # row -> passage id of the rows `search` returns
 
 
 def bpr_systems(index: BinaryIndex, l: int) -> list[System]:
@@ -165,12 +184,14 @@ def bpr_systems(index: BinaryIndex, l: int) -> list[System]:
 
   def make(rerank: bool, candidates: bool) -> SearchFn:
     return lambda q, k: two_stage_search(q, index, k=k, l=l, rerank=rerank,
-                                         candidates=candidates)[1]
+                                         candidates=candidates)
 
+  ids = index.ids
   return [
-      System(base, make(True, True), bpp, mem),
-      System(f"{base}-no-rerank", make(False, True), bpp, mem),
-      System(f"{base}-no-candidates", make(True, False), bpp, int(index.codes.nbytes + index.ids.nbytes)),
+      System(base, make(True, True), bpp, mem, ids),
+      System(f"{base}-no-rerank", make(False, True), bpp, mem, ids),
+      System(f"{base}-no-candidates", make(True, False), bpp, int(index.codes.nbytes + index.ids.nbytes),
+             ids),
   ]
 
 
@@ -179,17 +200,30 @@ def _faiss_bytes(index) -> int:
   return int(faiss.serialize_index(index).size)
 
 
+# faiss's k-means asks for this many training points per centroid (ClusteringParameters).
+PQ_MIN_POINTS_PER_CENTROID = 39
+
+
 def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
-                  ids_bytes: int) -> list[System]:
-  """Float baselines over passage embeddings [N, d]; labels are index rows."""
+                  ids: np.ndarray, log: Callable[[str], None] | None = print,
+                  ids_bytes: int | None = None) -> list[System]:
+  """Float baselines over passage embeddings [N, d]; ``ids[r]`` is the id of embedding row r.
+
+  ``ids_bytes`` (default ``ids.nbytes``) is what the ids add to each row's ``index_bytes``.
+  """
   import faiss  # pylint: disable=import-outside-toplevel
 
   emb = np.ascontiguousarray(embeddings, dtype=np.float32)
   n, d = emb.shape
+  ids = np.asarray(ids)
+  if ids.shape != (n,):
+    raise ValueError(f"{n} passage embeddings but {ids.shape[0] if ids.ndim else 0} ids")
+  ids_bytes = int(ids.nbytes) if ids_bytes is None else int(ids_bytes)
   systems = []
   for name in names:
     if name not in BASELINES:
       raise ValueError(f"unknown baseline {name!r}; expected some of {', '.join(BASELINES)}")
+    negate = False  # faiss returns distances (lower is better) for LSH
     if name == "flat_ip":
       index = faiss.IndexFlatIP(d)
       bpp = 4.0 * d
@@ -200,6 +234,7 @@ def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
     elif name == "lsh":
       index = faiss.IndexLSH(d, code_bits, True, False)
       index.train(emb)
+      negate = True
       bpp = code_bits / 8
     else:
       m = code_bits // 8
@@ -208,46 +243,63 @@ def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
       nbits = 8 if n >= 256 else max(1, int(np.log2(max(n, 2))))
       # inner-product ADC: the models score by <e_q, e_p>, so PQ must approximate that, not L2
       index = faiss.IndexPQ(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
+      want = PQ_MIN_POINTS_PER_CENTROID * 2 ** nbits
+      if n < want:
+        # faiss would warn once per sub-quantiser (M times); one line says it all.
+        index.pq.cp.min_points_per_centroid = 1
+        if log is not None:
+          log(f"pq: trained on {n} passages, fewer than the {want} faiss asks for "
+              f"({PQ_MIN_POINTS_PER_CENTROID} per centroid, {2 ** nbits} centroids); "
+              "the PQ row is a weak baseline on this corpus")
       index.train(emb)
       bpp = m * nbits / 8
       if nbits != 8:
         name = f"pq{nbits}"
     index.add(emb)
-    systems.append(System(name, _faiss_search(index), bpp, _faiss_bytes(index) + ids_bytes))
+    systems.append(System(name, _faiss_search(index, negate), bpp, _faiss_bytes(index) + ids_bytes, ids))
   return systems
 
 
-def _faiss_search(index) -> SearchFn:
-  def search(q: np.ndarray, k: int) -> np.ndarray:
+def _faiss_search(index, negate: bool = False) -> SearchFn:
+  def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     import faiss  # pylint: disable=import-outside-toplevel
     old = faiss.cvar.distance_compute_blas_threshold
     faiss.cvar.distance_compute_blas_threshold = 1  # BLAS even for single questions
     try:
-      _, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
+      dist, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
     finally:
       faiss.cvar.distance_compute_blas_threshold = old
     rows = rows.astype(np.int64)
+    scores = (-dist if negate else dist).astype(np.float32)
+    scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
     if rows.shape[1] < k:
-      rows = np.concatenate([rows, np.full((len(q), k - rows.shape[1]), -1, np.int64)], axis=1)
-    return rows
+      pad = k - rows.shape[1]
+      rows = np.concatenate([rows, np.full((len(q), pad), -1, np.int64)], axis=1)
+      scores = np.concatenate([scores, np.full((len(q), pad), -np.inf, np.float32)], axis=1)
+    return scores, rows
   return search
 
 
 def time_system(system: System, q_emb: np.ndarray, k: int,
-                num_single: int) -> tuple[np.ndarray, float, float]:
-  """Runs a system on every question; returns (rows, ms/query batched, ms/query single)."""
-  system.search(q_emb[:1], k)  # warm-up (jit compiles, faiss threads)
+                num_single: int) -> tuple[tuple[np.ndarray, np.ndarray], float, float]:
+  """Runs a system on every question; returns ((scores, rows), ms/query batched, ms/query single).
+
+  Each timed call is preceded by an untimed call of the same shapes (jit
+  compiles, faiss threads), so no timed figure includes compilation.
+  """
+  system.search(q_emb, k)  # warm-up of the batched shapes
   t0 = time.perf_counter()
-  rows = system.search(q_emb, k)
+  result = system.search(q_emb, k)
   batched = (time.perf_counter() - t0) * 1000 / len(q_emb)
   n = min(num_single, len(q_emb))
   single = float("nan")
   if n:
+    system.search(q_emb[:1], k)  # warm-up of the single-question shapes
     t0 = time.perf_counter()
     for i in range(n):
       system.search(q_emb[i:i + 1], k)
     single = (time.perf_counter() - t0) * 1000 / n
-  return rows, batched, single
+  return result, batched, single
 
 
 def evaluate_systems(systems: Sequence[System], q_emb: np.ndarray, scorer: Scorer,
@@ -256,9 +308,9 @@ def evaluate_systems(systems: Sequence[System], q_emb: np.ndarray, scorer: Score
   """Times and scores each system; returns one row per system."""
   out = []
   for s in systems:
-    rows, batched, single = time_system(s, q_emb, scorer.max_k, num_single)
+    (scores, rows), batched, single = time_system(s, q_emb, scorer.max_k, num_single)
     row: dict[str, Any] = {"name": s.name}
-    row.update(scorer(rows))
+    row.update(scorer(scores, rows, s.ids))
     row.update({"bytes_per_passage": s.bytes_per_passage, "index_bytes": int(s.index_bytes),
                 "ms_per_query": round(batched, 4), "ms_per_query_single": round(single, 4)})
     if log is not None:
@@ -313,12 +365,33 @@ def load_embeddings(path: str | os.PathLike, index: BinaryIndex) -> np.ndarray:
   return emb
 
 
+def load_embedding_ids(path: str | os.PathLike) -> np.ndarray | None:
+  """Passage ids of the rows of `load_embeddings(path)` (the encode run's ids.npy), if present."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    files = [path / "ids.npy"] if (path / "embeddings.npy").exists() else sorted(
+        p.parent / "ids.npy" for p in path.glob("shard_*/embeddings.npy"))
+  else:
+    files = [path.parent / "ids.npy"]
+  if not files or not all(f.exists() for f in files):
+    return None
+  return np.concatenate([load_npy(f) for f in files])
+
+
 def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: Sequence[int],
                    l: int = 1000, passages: str | os.PathLike | None = None,
                    baselines: Sequence[str] = (), embeddings: np.ndarray | None = None,
+                   embedding_ids: np.ndarray | None = None,
                    match: str = "string", num_single: int = 100, batch_size: int = 64,
+                   ignore_identical_ids: bool = True,
                    log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
-  """Encodes the questions once, then evaluates BPR rows and float baselines."""
+  """Encodes the questions once, then evaluates BPR rows and float baselines.
+
+  Every system's rows are turned into passage ids with that system's own
+  row -> id map (``index.ids`` for the binary index, whose rows an ``ivf``
+  index renumbers; ``embedding_ids`` for the float baselines, default
+  ``index.ids`` except for ``ivf``), and passage texts are read by id.
+  """
   if not questions.texts:
     raise ValueError("no questions to evaluate")
   for i, t in enumerate(questions.texts):
@@ -331,8 +404,9 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
     if len(store) != index.ntotal:
       raise ValueError(f"passage file {passages} has {len(store)} passages but the index has "
                        f"{index.ntotal}")
-    passage_text = lambda rows: [text for _, text in store.get_rows(rows)]  # noqa: E731
-  scorer = Scorer(questions, index.ids, ks, passage_text, match)
+    # By id; the row is only a hint that PassageStore checks against the id.
+    passage_text = lambda ids, rows: [text for _, text in store.get(ids, rows=rows)]  # noqa: E731
+  scorer = Scorer(questions, ks, passage_text, match, ignore_identical_ids)
   t0 = time.perf_counter()
   q_emb = np.asarray(model.encode_questions(questions.texts, batch_size=batch_size), np.float32)
   if log is not None:
@@ -344,7 +418,12 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
   if baselines:
     if embeddings is None:
       raise ValueError("float baselines need passage embeddings (encode --save_float, --embeddings)")
-    systems += float_systems(embeddings, index.code_bits, baselines, int(index.ids.nbytes))
+    if embedding_ids is None:
+      if index.kind == "ivf":
+        raise ValueError("an ivf index renumbers its rows: float baselines need the ids of the "
+                         "embedding rows (embedding_ids, the encode run's ids.npy)")
+      embedding_ids = index.ids
+    systems += float_systems(embeddings, index.code_bits, baselines, embedding_ids, log)
   return evaluate_systems(systems, q_emb, scorer, num_single, log)
 
 
@@ -372,6 +451,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_single", 100, "Questions timed one at a time.")
   flags.DEFINE_integer("max_questions", None, "Evaluate only the first N questions.")
   flags.DEFINE_integer("batch_size", 64, "Question encoding batch size.")
+  flags.DEFINE_bool("ignore_identical_ids", True, "BEIR: drop retrieved documents whose id is the "
+                    "query id (BEIR's default).")
   flags.mark_flags_as_required(["model", "index", "output"])
 
 
@@ -399,16 +480,18 @@ def main(argv: Sequence[str]) -> None:
                             f.max_questions)
     emb_path = f.embeddings or default_embeddings_path(index)
     baselines = [b for b in f.baselines if b]
-    embeddings = None
+    embeddings = embedding_ids = None
     if baselines and emb_path is None:
       print("no float embeddings found; skipping float baselines")
       baselines = []
     elif baselines:
       embeddings = load_embeddings(emb_path, index)
+      embedding_ids = load_embedding_ids(emb_path)
     model = load_exported(f.model)
     rows = run_evaluation(model, index, questions, ks=ks, l=f.l, passages=f.passages,
-                          baselines=baselines, embeddings=embeddings, match=f.match,
-                          num_single=f.num_single, batch_size=f.batch_size)
+                          baselines=baselines, embeddings=embeddings, embedding_ids=embedding_ids,
+                          match=f.match, num_single=f.num_single, batch_size=f.batch_size,
+                          ignore_identical_ids=f.ignore_identical_ids)
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise SystemExit(f"error: {e}") from None
   out = pathlib.Path(f.output)

@@ -7,13 +7,11 @@ the answer when the uncased answer token sequence occurs contiguously in the
 uncased passage tokens.  Regex mode (CuratedTREC) searches each answer as a
 case-insensitive regular expression in the NFD-normalised text.
 
-Qrels metrics follow pytrec_eval / trec_eval as used by BEIR: a document is
-relevant when its grade is > 0; nDCG@k uses linear graded gains and a log2
-discount, with the ideal DCG computed from the query's qrels; Recall@k is the
-share of the query's relevant documents found in the top k; MRR@k is the
-reciprocal rank of the first relevant document in the top k (0 if none).
-Each is averaged over the queries in ``qrels`` that have a relevant document
-(a query absent from the run scores 0).
+Qrels metrics (`beir_evaluate`) are computed by pytrec_eval, the trec_eval
+binding BEIR's ``EvaluateRetrieval.evaluate`` uses, with BEIR's conventions:
+scored runs ``{qid: {doc_id: score}}``, re-sorted by score with ties broken by
+document id (trec_eval's order, not the system's), ``ignore_identical_ids``
+(default True, as BEIR), and means over the queries that have results.
 """
 from __future__ import annotations
 
@@ -129,66 +127,117 @@ def answer_recall_at_k(hits: Sequence[Sequence[bool]], ks: Iterable[int]) -> dic
 
 
 # ---------------------------------------------------------------------------
-# Qrels metrics.
+# Qrels metrics, computed by pytrec_eval (trec_eval), as BEIR does.
 
 Qrels = Mapping[str, Mapping[str, int]]
-Run = Mapping[str, Sequence[str]]
+Results = Mapping[str, Mapping[str, float]]  # {qid: {doc_id: score}}
+Run = Mapping[str, Sequence[str]]  # {qid: [doc_id, ...]} best first
 
 
-def _relevant(judged: Mapping[str, int]) -> dict[str, int]:
-  return {d: int(g) for d, g in judged.items() if int(g) > 0}
+def _check_ks(k_values: Iterable[int]) -> list[int]:
+  ks = sorted({int(k) for k in k_values})
+  if not ks or ks[0] < 1:
+    raise ValueError(f"cut-offs must be integers >= 1, got {list(k_values)}")
+  return ks
 
 
-def _per_query(qrels: Qrels, run: Run, k: int, fn) -> float:
-  if k < 1:
-    raise ValueError(f"k must be >= 1, got {k}")
-  total, count = 0.0, 0
-  for qid, judged in qrels.items():
-    rel = _relevant(judged)
-    if not rel:
-      continue
-    ranked = _dedupe(run.get(qid, ()))[:k]
-    total += fn(rel, ranked)
-    count += 1
-  return total / count if count else 0.0
+def trec_order(doc_scores: Mapping[str, float]) -> list[str]:
+  """Documents in trec_eval's order: score descending, ties by document id descending."""
+  return sorted(doc_scores, key=lambda d: (-float(doc_scores[d]), _Desc(d)))
 
 
-def _dedupe(ranked: Sequence[str]) -> list[str]:
-  seen: set[str] = set()
-  out = []
-  for d in ranked:
-    if d not in seen:
-      seen.add(d)
-      out.append(d)
+class _Desc(str):
+  """A string that sorts in reverse (for trec_eval's descending-id tie-break)."""
+
+  def __lt__(self, other: str) -> bool:  # type: ignore[override]
+    return str.__gt__(self, other)
+
+
+def _clean_results(results: Results, ignore_identical_ids: bool) -> dict[str, dict[str, float]]:
+  out: dict[str, dict[str, float]] = {}
+  for qid, docs in results.items():
+    clean = {}
+    for d, s in docs.items():
+      d, s = str(d), float(s)
+      if ignore_identical_ids and d == str(qid):
+        continue
+      if not math.isfinite(s):
+        raise ValueError(f"query {qid!r}: document {d!r} has score {s}")
+      clean[d] = s
+    out[str(qid)] = clean
   return out
 
 
+def beir_evaluate(qrels: Qrels, results: Results, k_values: Iterable[int], *,
+                  ignore_identical_ids: bool = True, digits: int | None = None) -> dict[str, float]:
+  """nDCG@k, Recall@k and MRR@k of a scored run, with pytrec_eval and BEIR's conventions.
+
+  As ``beir.retrieval.evaluation.EvaluateRetrieval.evaluate``: documents whose
+  id equals the query id are dropped first when ``ignore_identical_ids`` (BEIR's
+  default); pytrec_eval re-sorts each query's documents by score (ties by
+  document id, descending) and evaluates the queries present in both qrels and
+  the run, so queries without results are left out of every mean; a document
+  is relevant when its grade is > 0.  nDCG@k is trec_eval's ``ndcg_cut`` and
+  Recall@k its ``recall``; MRR@k is trec_eval's ``recip_rank`` of each query's
+  top k in that order (BEIR's own ``mrr`` computes the same reciprocal rank).
+  ``digits`` rounds as BEIR does (5); None keeps full precision.
+
+  Returns:
+    {"ndcg@k": ..., "recall@k": ..., "mrr@k": ...} for every k.
+  """
+  import pytrec_eval  # pylint: disable=import-outside-toplevel
+
+  ks = _check_ks(k_values)
+  qrels = {str(q): {str(d): int(g) for d, g in docs.items()} for q, docs in qrels.items()}
+  run = _clean_results(results, ignore_identical_ids)
+  cuts = ",".join(str(k) for k in ks)
+  evaluator = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{cuts}", f"recall.{cuts}"})
+  scores = evaluator.evaluate(run)
+  out: dict[str, float] = {}
+  n = len(scores)
+  for k in ks:
+    out[f"ndcg@{k}"] = sum(s[f"ndcg_cut_{k}"] for s in scores.values()) / n if n else 0.0
+    out[f"recall@{k}"] = sum(s[f"recall_{k}"] for s in scores.values()) / n if n else 0.0
+  rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"})
+  for k in ks:
+    top = {q: {d: docs[d] for d in trec_order(docs)[:k]} for q, docs in run.items()}
+    per = rr.evaluate(top)
+    # Same query set as the other metrics: a query whose top k is empty still counts (0).
+    out[f"mrr@{k}"] = sum(per[q]["recip_rank"] if q in per else 0.0 for q in scores) / n if n else 0.0
+  if digits is not None:
+    out = {key: round(v, digits) for key, v in out.items()}
+  return out
+
+
+def results_from_ranking(run: Run) -> dict[str, dict[str, float]]:
+  """A scored run from ranked lists (score = -rank, first occurrence of a duplicate kept)."""
+  out: dict[str, dict[str, float]] = {}
+  for qid, ranked in run.items():
+    docs: dict[str, float] = {}
+    for i, d in enumerate(ranked):
+      docs.setdefault(str(d), -float(i))
+    out[str(qid)] = docs
+  return out
+
+
+def _ranked_metric(name: str, qrels: Qrels, run: Run, k: int) -> float:
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  rel = {q: docs for q, docs in qrels.items() if any(int(g) > 0 for g in docs.values())}
+  results = results_from_ranking({q: run.get(q, ()) for q in rel})
+  return beir_evaluate(rel, results, [k], ignore_identical_ids=False)[f"{name}@{k}"]
+
+
 def recall_at_k(qrels: Qrels, run: Run, k: int) -> float:
-  """Mean over queries of |relevant in top k| / |relevant|."""
-  return _per_query(qrels, run, k, lambda rel, ranked: sum(d in rel for d in ranked) / len(rel))
-
-
-def _dcg(gains: Sequence[float]) -> float:
-  return sum(g / math.log2(i + 2) for i, g in enumerate(gains))
+  """Recall@k of ranked lists (in their own order), via `beir_evaluate`."""
+  return _ranked_metric("recall", qrels, run, k)
 
 
 def ndcg_at_k(qrels: Qrels, run: Run, k: int) -> float:
-  """Mean nDCG@k with linear graded gains and log2(rank + 1) discount."""
-
-  def one(rel: dict[str, int], ranked: list[str]) -> float:
-    ideal = _dcg(sorted(rel.values(), reverse=True)[:k])
-    return _dcg([rel.get(d, 0) for d in ranked]) / ideal
-
-  return _per_query(qrels, run, k, one)
+  """nDCG@k of ranked lists (in their own order), via `beir_evaluate`."""
+  return _ranked_metric("ndcg", qrels, run, k)
 
 
 def mrr_at_k(qrels: Qrels, run: Run, k: int) -> float:
-  """Mean reciprocal rank of the first relevant document in the top k."""
-
-  def one(rel: dict[str, int], ranked: list[str]) -> float:
-    for i, d in enumerate(ranked):
-      if d in rel:
-        return 1.0 / (i + 1)
-    return 0.0
-
-  return _per_query(qrels, run, k, one)
+  """MRR@k of ranked lists (in their own order), via `beir_evaluate`."""
+  return _ranked_metric("mrr", qrels, run, k)

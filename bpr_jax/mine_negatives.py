@@ -17,21 +17,18 @@ contain no answer in their title or text. Records carry the BEIR query id as
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
-import unicodedata
 from typing import Iterable, Sequence
 
 import bm25s
 import numpy as np
 from absl import app, flags, logging
 
+from bpr_jax import metrics
 from bpr_jax.data.beir import load_corpus, load_qrels, load_queries
 from bpr_jax.data.dpr import iter_qas, write_dpr_json
 from bpr_jax.data.examples import Passage
 from bpr_jax.data.passages import iter_passages
-
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 @dataclasses.dataclass
@@ -44,26 +41,9 @@ class MiningStats:
   seconds: float = 0.0
 
 
-def normalize_tokens(text: str) -> list[str]:
-  """Lower-cased, accent-stripped word tokens, for answer matching."""
-  text = unicodedata.normalize("NFD", text)
-  text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
-  return _WORD.findall(text.lower())
-
-
-def has_answer(text: str, answers: Sequence[str]) -> bool:
-  """True if some answer's token sequence occurs contiguously in `text`."""
-  tokens = normalize_tokens(text)
-  for answer in answers:
-    target = normalize_tokens(answer)
-    if not target:
-      continue
-    n = len(target)
-    first = target[0]
-    for i, tok in enumerate(tokens[: len(tokens) - n + 1]):
-      if tok == first and tokens[i:i + n] == target:
-        return True
-  return False
+def has_answer(text: str, answers: Sequence[str], mode: str = "string") -> bool:
+  """DPR's answer check (`bpr_jax.metrics.has_answer`), the one evaluation uses too."""
+  return metrics.has_answer(answers, text, mode)
 
 
 class Bm25Index:
@@ -132,8 +112,14 @@ def mine_beir(beir_dir: str, split: str = "train", *, num_hard_negatives: int = 
 
 
 def mine_qas(qas_path: str, passages_path: str, *, num_hard_negatives: int = 30,
-             num_positives: int = 10, depth: int = 100, n_threads: int = 0) -> tuple[list[dict], MiningStats]:
-  """DPR records for a qas file: BM25 top-`depth` split by answer matching."""
+             num_positives: int = 10, depth: int = 100, n_threads: int = 0,
+             match: str = "string") -> tuple[list[dict], MiningStats]:
+  """DPR records for a qas file: BM25 top-`depth` split by answer matching.
+
+  Answers are matched as evaluation matches them (`bpr_jax.metrics.has_answer`:
+  DPR's tokeniser, NFD, uncased; ``match="regex"`` for CuratedTREC patterns), so
+  a mined positive is a hit in evaluation and a hard negative is not.
+  """
   start = time.perf_counter()
   passages = list(iter_passages(passages_path))
   index = Bm25Index(passages)
@@ -146,10 +132,10 @@ def mine_qas(qas_path: str, passages_path: str, *, num_hard_negatives: int = 30,
     positives, hard = [], []
     for j, score in zip(docs[row], scores[row]):
       p = passages[int(j)]
-      if answers and has_answer(p.text, answers):
+      if answers and has_answer(p.text, answers, match):
         if len(positives) < num_positives:
           positives.append(_ctx(p, score))
-      elif not answers or not has_answer(p.title, answers):
+      elif not answers or not has_answer(p.title, answers, match):
         if len(hard) < num_hard_negatives:
           hard.append(_ctx(p, score))
     if not positives:
@@ -181,6 +167,7 @@ flags.DEFINE_integer("num_positives", 10, "QA mode: most positives kept per ques
 flags.DEFINE_integer("depth", 100, "QA mode: BM25 candidates examined per question.")
 flags.DEFINE_bool("skip_missing", False, "BEIR mode: skip qrels lines whose ids are unknown.")
 flags.DEFINE_integer("threads", 0, "Threads for BM25 retrieval (0: none).")
+flags.DEFINE_enum("match", "string", ["string", "regex"], "QA mode: answer matching (as evaluate --match).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -199,7 +186,8 @@ def main(argv: Sequence[str]) -> None:
                                skip_missing=FLAGS.skip_missing, n_threads=FLAGS.threads)
   else:
     records, stats = mine_qas(FLAGS.dpr_qas, FLAGS.passages, num_hard_negatives=FLAGS.num_hard_negatives,
-                              num_positives=FLAGS.num_positives, depth=FLAGS.depth, n_threads=FLAGS.threads)
+                              num_positives=FLAGS.num_positives, depth=FLAGS.depth, n_threads=FLAGS.threads,
+                              match=FLAGS.match)
   write_records(FLAGS.output, records)
   logging.info("wrote %s: %s", FLAGS.output, stats)
   print(f"wrote {stats.num_written} of {stats.num_questions} questions to {FLAGS.output} in "

@@ -19,8 +19,12 @@ lookups in a worker thread, and resolves each request's future with its slice.
 `create_app` accepts any retriever object with
 `search(questions: list[str], k: int) -> list[list[{"id", "score", "row"?}]]`
 and any passage store with `get(ids, rows=..., default=...)` and `len()`, so
-tests inject fakes and production injects `bpr_jax.search.Retriever` and
-`bpr_jax.passage_store.PassageStore`.
+tests inject fakes (benchmarks/fake_serve.py) and production injects
+`bpr_jax.search.Retriever` and `bpr_jax.passage_store.PassageStore`.
+
+Start-up compiles every shape a request can meet (`warmup`: the question
+encoder, and the search for each batch-size and k bucket), so the first
+requests are as fast as later ones.
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ import os
 import pathlib
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 
@@ -304,13 +307,78 @@ def _rss_bytes() -> int | None:
     return None
 
 
-def make_search_fn(retriever: SearchBackend,
-                   passage_store: PassageLookup) -> Callable[[list[str], int], list[list[Hit]]]:
-  """The blocking function the batcher runs: search, then fetch passage text."""
+# A batch searches with its k rounded up to one of a few buckets (16, 32, ..., and max_k) and
+# cuts each request's results back to its own k: the rerank is compiled per k, so this keeps
+# the shapes few enough for `warmup` to compile them all at start-up.
+MIN_K_BUCKET = 16
+
+
+def k_bucket(k: int, max_k: int) -> int:
+  """The k a batch asking for `k` searches with (>= k, a power of two >= 16, at most max_k)."""
+  b = MIN_K_BUCKET
+  while b < k:
+    b *= 2
+  return max(k, min(b, max_k))
+
+
+def k_buckets(max_k: int) -> list[int]:
+  """Every value `k_bucket` returns for k in 1..max_k."""
+  out, b = set(), MIN_K_BUCKET
+  while b < max_k:
+    out.add(b)
+    b *= 2
+  out.add(max_k)
+  return sorted(out)
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+  """Batch sizes whose shapes cover every batch of 1..max_batch questions (powers of two, max_batch)."""
+  out, b = {max_batch}, 1
+  while b < max_batch:
+    out.add(b)
+    b *= 2
+  return sorted(out)
+
+
+def warmup(retriever: Any, max_batch: int, max_k: int) -> int:
+  """Compiles, before serving, every shape a request can meet: the question encoder
+  (`warmup_questions`) and the two-stage search for each batch-size and k bucket, so the
+  first requests are as fast as later ones. Returns the number of search shapes run."""
+  start = time.perf_counter()
+  model = getattr(retriever, "model", None)
+  if hasattr(model, "warmup_questions"):
+    shapes = model.warmup_questions(max_batch)
+    logger.info("Compiled the question encoder for %d shapes in %.1f s", shapes, time.perf_counter() - start)
+  index = getattr(retriever, "index", None)
+  if index is None or not hasattr(index, "code_bits"):
+    return 0
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax.search import two_stage_search  # pylint: disable=import-outside-toplevel
+
+  t0 = time.perf_counter()
+  rng = np.random.default_rng(0)
+  n = 0
+  for b in batch_sizes(max_batch):
+    q = rng.standard_normal((b, index.code_bits)).astype(np.float32)
+    for k in k_buckets(max_k):
+      two_stage_search(q, index, k=k, l=getattr(retriever, "l", 1000),
+                       rerank=getattr(retriever, "rerank", True),
+                       candidates=getattr(retriever, "candidates", True))
+      n += 1
+  logger.info("Compiled the search for %d (batch, k) shapes in %.1f s", n, time.perf_counter() - t0)
+  return n
+
+
+def make_search_fn(retriever: SearchBackend, passage_store: PassageLookup,
+                   max_k: int | None = None) -> Callable[[list[str], int], list[list[Hit]]]:
+  """The blocking function the batcher runs: search, then fetch passage text (by id, the row
+  only a hint). With `max_k`, the search runs with `k_bucket(k, max_k)` and is cut to k."""
   warned = threading.Event()
 
   def run(questions: list[str], k: int) -> list[list[Hit]]:
-    raw = retriever.search(questions, k)
+    kk = k if max_k is None else k_bucket(k, max_k)
+    raw = [hits[:k] for hits in retriever.search(questions, kk)]
     flat = [h for hits in raw for h in hits]
     ids = [str(h["id"]) for h in flat]
     rows = [int(h["row"]) if h.get("row") is not None else -1 for h in flat]
@@ -342,7 +410,7 @@ def create_app(retriever: SearchBackend, passage_store: PassageLookup, *, max_ba
   if not index_html.is_file():
     raise FileNotFoundError(f"search page not found: {index_html}")
   page = index_html.read_text(encoding="utf-8")
-  batcher = MicroBatcher(make_search_fn(retriever, passage_store), max_batch=max_batch,
+  batcher = MicroBatcher(make_search_fn(retriever, passage_store, limits.max_k), max_batch=max_batch,
                          max_wait_ms=max_wait_ms, max_pending=max_pending)
   started = time.time()
 
@@ -390,41 +458,6 @@ def create_app(retriever: SearchBackend, passage_store: PassageLookup, *, max_ba
   return app
 
 
-class FakeRetriever:
-  """A deterministic stand-in retriever for tests and load tests (no model).
-
-  Question q gets the k passages at rows crc32(q) % n, +1, ... with scores
-  100, 99, ... (independent of k). Batch sizes of all calls are recorded in
-  `calls`.
-  """
-
-  def __init__(self, ids: Sequence[str], *, delay_ms: float = 0.0, per_question_ms: float = 0.0):
-    if not ids:
-      raise ValueError("FakeRetriever needs at least one passage id")
-    self.ids = list(ids)
-    self.delay_s = delay_ms / 1000.0
-    self.per_question_s = per_question_ms / 1000.0
-    self.calls: list[int] = []
-    self._lock = threading.Lock()
-
-  @classmethod
-  def from_store(cls, store: Any, **kwargs: Any) -> "FakeRetriever":
-    return cls([store.id_at(r) for r in range(len(store))], **kwargs)
-
-  def search(self, questions: list[str], k: int) -> list[list[Hit]]:
-    with self._lock:
-      self.calls.append(len(questions))
-    if self.delay_s or self.per_question_s:
-      time.sleep(self.delay_s + self.per_question_s * len(questions))
-    n = len(self.ids)
-    out = []
-    for q in questions:
-      base = zlib.crc32(q.encode("utf-8")) % n
-      rows = [(base + j) % n for j in range(min(k, n))]
-      out.append([{"id": self.ids[r], "score": 100.0 - j, "row": r} for j, r in enumerate(rows)])
-    return out
-
-
 def _load_retriever(model: str, index: str, l: int | None) -> SearchBackend:
   """The real retriever; passage text is looked up by the service, not by it."""
   from bpr_jax.search import Retriever  # Imported here: pulls in JAX.
@@ -453,24 +486,16 @@ def main(argv: Sequence[str]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   if not f.passages:
     raise app_usage_error("--passages is required (DPR TSV or BEIR corpus.jsonl)")
-  if not f.fake_retriever and (not f.model or not f.index):
-    raise app_usage_error("--model and --index are required (or pass --fake_retriever)")
+  if not f.model or not f.index:
+    raise app_usage_error("--model and --index are required")
   cache_dir = f.passage_cache_dir or (f.index if f.index and os.path.isdir(f.index)
                                       and os.access(f.index, os.W_OK) else None)
   store = PassageStore(f.passages, cache_dir=cache_dir)
   logger.info("Passage store: %d passages (offset index in %s)", len(store), store.index_dir)
-  if f.fake_retriever:
-    retriever: SearchBackend = FakeRetriever.from_store(store, delay_ms=f.fake_delay_ms,
-                                                        per_question_ms=f.fake_per_question_ms)
-    logger.warning("Serving with the FAKE retriever (no model): results are not meaningful")
-  else:
-    retriever = _load_retriever(f.model, f.index, f.l)
-    _check_sizes(retriever, store)
-    model = getattr(retriever, "model", None)
-    if f.warmup and hasattr(model, "warmup_questions"):
-      start = time.perf_counter()
-      shapes = model.warmup_questions(f.max_batch)
-      logger.info("Compiled the question encoder for %d shapes in %.1f s", shapes, time.perf_counter() - start)
+  retriever = _load_retriever(f.model, f.index, f.l)
+  _check_sizes(retriever, store)
+  if f.warmup:
+    warmup(retriever, f.max_batch, f.max_k)
   limits = Limits(max_questions=f.max_questions, max_k=f.max_k, max_body_bytes=f.max_body_bytes)
   app = create_app(retriever, store, max_batch=f.max_batch, max_wait_ms=f.max_wait_ms,
                    max_pending=f.max_pending, limits=limits)
@@ -496,16 +521,14 @@ def _define_flags() -> None:
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
   flags.DEFINE_integer("port", 8000, "Port to listen on.")
   flags.DEFINE_integer("max_batch", 64, "Most questions per encoder call.")
-  flags.DEFINE_boolean("warmup", True, "Compile the question encoder for every batch shape at start-up.")
+  flags.DEFINE_boolean("warmup", True, "Compile the question encoder and the rerank for every shape a "
+                       "request can meet, at start-up.")
   flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more requests.")
   flags.DEFINE_integer("max_pending", 16384, "Most queued questions before answering 503.")
   flags.DEFINE_integer("max_questions", 1024, "Most questions per request.")
   flags.DEFINE_integer("max_k", 1000, "Largest k a request may ask for.")
   flags.DEFINE_integer("max_body_bytes", 1_000_000, "Largest request body.")
   flags.DEFINE_integer("l", None, "Candidates re-ranked per question (Retriever l); default: its own.")
-  flags.DEFINE_bool("fake_retriever", False, "Serve a deterministic fake retriever (tests, load tests).")
-  flags.DEFINE_float("fake_delay_ms", 0.0, "Fake retriever: time per search call.")
-  flags.DEFINE_float("fake_per_question_ms", 0.0, "Fake retriever: extra time per question.")
   flags.DEFINE_string("log_level", "info", "uvicorn log level.")
   flags.DEFINE_bool("access_log", False, "Log every request.")
 

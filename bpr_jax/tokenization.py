@@ -44,6 +44,17 @@ def _check_max_length(max_length: int) -> None:
     raise ValueError(f"max_length must be at least 3, got {max_length}")
 
 
+def normalize_question(text: str) -> str:
+  """DPR's and BPR's question normalisation: a trailing "?" is dropped (a lone "?" is kept).
+
+  Applied by `Tokenizer.questions`, so training, question encoding, evaluation and
+  serving all see the same text.
+  """
+  if text.endswith("?") and text[:-1].strip():
+    return text[:-1]
+  return text
+
+
 class Tokenizer:
   """Wraps a transformers BERT tokenizer; returns fixed-length int32 numpy batches."""
 
@@ -88,6 +99,7 @@ class Tokenizer:
     for i, text in enumerate(texts):
       if not text.strip():
         raise ValueError(f"question {i} is empty")
+    texts = [normalize_question(t) for t in texts]
     if not texts:
       return {k: np.zeros((0, max_length), np.int32) for k in KEYS}
     return self._encode(texts, None, max_length, True)

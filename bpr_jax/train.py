@@ -36,6 +36,11 @@ class TrainingError(RuntimeError):
   """Training cannot go on (NaN loss, mismatched resume, ...)."""
 
 
+# Called as hook(step, checkpointer) after each checkpoint is saved. Empty in normal runs;
+# tests register fault injection here (e.g. a hard crash right after a checkpoint).
+checkpoint_hooks: list = []
+
+
 # ----------------------------------------------------------------------------- config checks
 
 
@@ -404,6 +409,76 @@ class _Preemption:
     return False
 
 
+# ----------------------------------------------------------------------------- resume check
+
+# Config fields that change what is trained or its schedule. Resuming a checkpoint with any of
+# them changed is refused (each differing field is named) before anything in the workdir is
+# written. model.hf_dir counts only with model.init='hf', model.bert only with 'random', and
+# num_epochs only when num_train_steps <= 0 (it is then what sets the total steps).
+# Not listed, free to change on resume: log_every, eval_every, eval_max_examples,
+# checkpoint_every, keep_checkpoints, async_checkpoints, prefetch (bookkeeping); model.remat
+# (recomputes activations, same values); model.param_sharding (layout only; the checkpoint is
+# restored onto the new shardings); data.dev_path, data.dev_split, data.dev_hard_negatives_json
+# (validation only).
+RESUME_FIELDS = (
+    "mode", "seed", "batch_size", "num_train_steps", "num_epochs",
+    "model.init", "model.hf_dir", "model.bert", "model.pooling", "model.dtype", "model.shared_encoder",
+    "model.dropout",
+    "data.source", "data.train_path", "data.beir_dir", "data.train_split", "data.hard_negatives_json",
+    "data.tfds_name", "data.tfds_data_dir", "data.tokenizer_dir", "data.question_max_length",
+    "data.passage_max_length", "data.num_hard_negatives", "data.shuffle_positives", "data.skip_invalid",
+    "data.tiny_seed",
+    "loss.alpha", "loss.gamma", "loss.cand_reduction",
+    "optim.learning_rate", "optim.warmup_fraction", "optim.weight_decay", "optim.adam_eps", "optim.b1",
+    "optim.b2", "optim.grad_clip",
+)
+_ABSENT = "<absent>"
+
+
+def resume_settings(config: dict) -> dict:
+  """The RESUME_FIELDS of a config (as a plain dict), JSON-normalised."""
+  def get(key: str):
+    node = config
+    for part in key.split("."):
+      if not isinstance(node, dict) or part not in node:
+        return _ABSENT
+      node = node[part]
+    return json.loads(json.dumps(node, sort_keys=True, default=str))
+  out = {key: get(key) for key in RESUME_FIELDS}
+  if out["model.init"] != "hf":
+    out.pop("model.hf_dir")
+  if out["model.init"] != "random":
+    out.pop("model.bert")
+  return out
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+  """Latest checkpoint step of `workdir` (None: a new run); refuses a resume with other settings.
+
+  Reads only: WORKDIR/config.json (written when the run started) against `config`.
+  """
+  step = checkpoints.latest_step_on_disk(workdir)
+  if step is None:
+    return None
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise TrainingError(f"{workdir}: has checkpoint {step} but no config.json; use a new workdir")
+  with open(path, encoding="utf-8") as f:
+    old = resume_settings(json.load(f))
+  new = resume_settings(config.to_dict())
+  if old["num_train_steps"] != _ABSENT and old["num_train_steps"] > 0 and new["num_train_steps"] > 0:
+    old.pop("num_epochs")
+    new.pop("num_epochs")
+  diff = [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(set(old) | set(new))
+          if old.get(k, _ABSENT) != new.get(k, _ABSENT) and old.get(k, _ABSENT) != _ABSENT]
+  if diff:
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff)
+    raise TrainingError(f"{workdir}: checkpoint {step} was trained with other settings, and resuming "
+                        f"would change what is trained or its schedule (checkpoint -> now): {shown}. "
+                        "Use a new workdir, or the checkpoint's settings.")
+  return step
+
+
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
   return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
 
@@ -427,6 +502,7 @@ def save_run_info(workdir: str, config: ml_collections.ConfigDict, tokenizer: To
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) and returns the last logged metrics."""
   validate_config(config)
+  resuming = check_resume(config, workdir) is not None  # before any file in the workdir is written
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
   logging.info("mesh: %d devices over %d processes (%s)", jax.device_count(), jax.process_count(),
@@ -443,7 +519,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       process_index=jax.process_index(), process_count=jax.process_count())
   total_steps = total_train_steps(config, batches.steps_per_epoch)
   tx, lr_schedule = make_optimizer(config, total_steps)
-  save_run_info(workdir, config, tokenizer, bert)
+  if not resuming:  # config.json and bert_config.json describe the run's checkpoints: new runs only
+    save_run_info(workdir, config, tokenizer, bert)
 
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every,
                                   async_save=config.async_checkpoints)
@@ -518,9 +595,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)
             pending, t_last, step_last = [], time.time(), step
           ckpt.save(step, state, {"next_step": step, **batches.fingerprint()}, force=True)
-          if config.testing_crash_after_step and step >= config.testing_crash_after_step:
-            ckpt.wait()
-            os.kill(os.getpid(), signal.SIGKILL)  # tests: a hard crash right after a checkpoint
+          for hook in checkpoint_hooks:
+            hook(step, ckpt)
         if stop:
           logging.warning("preempted at step %d; checkpoint saved, exiting", step)
           break

@@ -28,7 +28,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoints = True
   c.prefetch = 2
-  c.testing_crash_after_step = 0  # tests only: SIGKILL right after this step's checkpoint
 
   c.model = ml_collections.ConfigDict()
   c.model.init = "hf"            # 'hf': load model.hf_dir; 'random': model.bert architecture

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from bpr_jax import mine_negatives
+from bpr_jax import metrics, mine_negatives
 from bpr_jax.data.beir import BeirSource, load_qrels
 from bpr_jax.data.dpr import DprJsonSource
 
@@ -13,11 +13,21 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_has_answer():
-  assert mine_negatives.has_answer("The painter Léonardo da Vinci.", ["leonardo da vinci"])
-  assert not mine_negatives.has_answer("Leonardo the turtle", ["Leonardo da Vinci"])
-  assert not mine_negatives.has_answer("Parisian life", ["Paris"])
-  assert mine_negatives.has_answer("in Paris, France", ["", "paris"])
+def test_has_answer_is_evaluations():
+  """Mining uses evaluation's DPR matcher: a mined positive is a hit in evaluation."""
+  cases = [
+      ("The painter Léonardo da Vinci.", ["leonardo da vinci"]),  # DPR keeps accents (NFD marks)
+      ("The painter Léonardo da Vinci.", ["Léonardo da Vinci"]),
+      ("it weighs 3 5kg", ["3.5kg"]),  # "." is a token of its own in DPR's tokeniser
+      ("it weighs 3.5kg", ["3.5kg"]),
+      ("Leonardo the turtle", ["Leonardo da Vinci"]),
+      ("Parisian life", ["Paris"]),
+      ("in Paris, France", ["", "paris"]),
+  ]
+  got = [mine_negatives.has_answer(text, answers) for text, answers in cases]
+  assert got == [False, True, False, True, False, False, True]
+  assert got == [metrics.has_answer(answers, text) for text, answers in cases]
+  assert mine_negatives.has_answer("in PARIS today", [r"Pa?ris"], "regex")
 
 
 def test_mine_scifact_command(tmp_path, scifact_dir):
@@ -63,7 +73,7 @@ def test_mine_qas_fixture(tmp_path):
     for c in r["hard_negative_ctxs"]:
       assert not mine_negatives.has_answer(c["title"] + " " + c["text"], r["answers"])
     for c in r["positive_ctxs"]:
-      assert mine_negatives.has_answer(c["text"], r["answers"])
+      assert metrics.has_answer(r["answers"], c["text"])  # evaluation's matcher
   assert by_q["who wrote the song blue moon"]["positive_ctxs"][0]["passage_id"] == "4"
   out = tmp_path / "qa.json"
   mine_negatives.write_records(str(out), records)

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.fake_serve import FakeRetriever
 from bpr_jax.passage_store import PassageStore
-from bpr_jax.serve import FakeRetriever, Limits, create_app
+from bpr_jax.serve import Limits, create_app
 
 N_PASSAGES = 30
 
@@ -249,3 +250,79 @@ def test_real_retriever_and_index_behind_the_service(tmp_path: pathlib.Path) -> 
     assert len(hits) == 3 and hits[0]["id"] == pid
     assert (hits[0]["title"], hits[0]["text"]) == (title, text)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_k_buckets_cover_every_k() -> None:
+  from bpr_jax.serve import batch_sizes, k_bucket, k_buckets
+  assert k_buckets(1000) == [16, 32, 64, 128, 256, 512, 1000]
+  assert {k_bucket(k, 1000) for k in range(1, 1001)} == set(k_buckets(1000))
+  assert all(k_bucket(k, 1000) >= k for k in range(1, 1001))
+  assert batch_sizes(64) == [1, 2, 4, 8, 16, 32, 64] and batch_sizes(100)[-2:] == [64, 100]
+
+
+def test_warmup_compiles_every_search_shape_before_serving(tmp_path: pathlib.Path) -> None:
+  """After start-up warm-up no request compiles anything: the first requests are as fast as later
+  ones (checked on the jit caches, not on a clock)."""
+  import numpy as np
+
+  from bpr_jax import search as search_mod
+  from bpr_jax.codes import pack_codes
+  from bpr_jax.index import BinaryIndex
+  from bpr_jax.search import Retriever
+  from bpr_jax.serve import warmup
+
+  fixture = pathlib.Path(__file__).parent / "fixtures" / "psgs_small.tsv"
+  store = PassageStore(fixture, cache_dir=tmp_path / "cache")
+  n, dim = len(store), 64
+  vecs = np.random.default_rng(1).standard_normal((n, dim)).astype(np.float32)
+
+  class QuestionEncoder:
+    settings = {"code_bits": dim}
+
+    def encode_questions(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+      return np.stack([vecs[len(t) % n] for t in texts])
+
+  retriever = Retriever(QuestionEncoder(), BinaryIndex.from_arrays(pack_codes(vecs)), l=n)
+  limits = Limits(max_k=40)
+  assert warmup(retriever, 8, limits.max_k) == 4 * 3  # batch sizes 1, 2, 4, 8; k buckets 16, 32, 40
+  compiled = search_mod._rerank_block._cache_size()
+  app = create_app(retriever, store, max_batch=8, max_wait_ms=2, limits=limits)
+  bodies = [{"questions": [f"question {i}"] * (1 + i % 3), "k": 1 + (7 * i) % 40} for i in range(40)]
+  responses = asyncio.run(_post_all(app, bodies))
+  assert [r.status_code for r in responses] == [200] * 40
+  assert all(len(h) == min(b["k"], n) for b, r in zip(bodies, responses) for h in r.json()["results"])
+  assert search_mod._rerank_block._cache_size() == compiled  # nothing compiled while serving
+
+
+def test_service_reads_passages_by_id_on_a_saved_ivf_index(tmp_path: pathlib.Path) -> None:
+  """A saved ivf index renumbers its rows; the service still shows each hit's own passage."""
+  import numpy as np
+
+  from bpr_jax.codes import pack_codes
+  from bpr_jax.index import BinaryIndex, build_index, save_index
+  from bpr_jax.search import Retriever
+
+  n, dim = 300, 64
+  path = tmp_path / "psgs.tsv"
+  ids = [str(100 + i) for i in range(n)]
+  path.write_text("id\ttext\ttitle\n" + "".join(f"{p}\tText of {p}\tTitle {p}\n" for p in ids))
+  store = PassageStore(path, cache_dir=tmp_path / "cache")
+  vecs = np.random.default_rng(2).standard_normal((n, dim)).astype(np.float32)
+  codes = pack_codes(vecs)
+  save_index(tmp_path / "index", build_index(codes, "ivf", nlist=10, nprobe=10), codes, ids)
+  index = BinaryIndex.load(tmp_path / "index")
+
+  class QuestionEncoder:  # Question "about <id>" encodes exactly like passage <id>.
+    settings = {"code_bits": dim}
+
+    def encode_questions(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+      return np.stack([vecs[ids.index(t.split()[-1])] for t in texts])
+
+  asked = [ids[0], ids[150], ids[299]]
+  with TestClient(create_app(Retriever(QuestionEncoder(), index, l=n), store)) as client:
+    resp = client.post("/search", json={"questions": [f"about {p}" for p in asked], "k": 5})
+  assert resp.status_code == 200, resp.text
+  for pid, hits in zip(asked, resp.json()["results"]):
+    assert hits[0]["id"] == pid
+    for h in hits:
+      assert (h["title"], h["text"]) == (f"Title {h['id']}", f"Text of {h['id']}")

@@ -34,7 +34,7 @@ def test_questions_padded_to_max_length(tok, hf_tok):
   for k in KEYS:
     assert batch[k].shape == (2, 200) and batch[k].dtype == np.int32
   row = _unpadded(batch, 0)
-  assert row["input_ids"] == hf_tok("Who wrote BPR?")["input_ids"]
+  assert row["input_ids"] == hf_tok("Who wrote BPR")["input_ids"]  # trailing "?" dropped (DPR)
   assert row["input_ids"][0] == hf_tok.cls_token_id and row["input_ids"][-1] == hf_tok.sep_token_id
   assert (batch["input_ids"][0, len(row["input_ids"]):] == 0).all()
   assert (batch["token_type_ids"] == 0).all()

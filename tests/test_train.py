@@ -50,6 +50,44 @@ def run_main(workdir, *flags, timeout=300, check=True):
   return proc
 
 
+# Fault injection for the kill test: a test-only hook in train.checkpoint_hooks, registered by
+# this launcher (the product has no crash switch). argv: workdir, crash step, config overrides.
+CRASH_LAUNCHER = """
+import os, signal, sys
+from absl import app
+from bpr_jax import main, train
+crash_after = int(os.environ["BPR_TEST_CRASH_AFTER_STEP"])
+
+def crash(step, ckpt):
+  if step >= crash_after:
+    ckpt.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+train.checkpoint_hooks.append(crash)
+app.run(main.main)
+"""
+
+
+def run_main_crashing_after(workdir, step, *flags, timeout=300):
+  cmd = [sys.executable, "-c", CRASH_LAUNCHER, "--config=configs/tiny.py", f"--workdir={workdir}",
+         "--config.num_train_steps=10", "--config.batch_size=8", "--config.log_every=1",
+         "--config.eval_every=0", "--config.async_checkpoints=False",
+         "--config.data.question_max_length=12", "--config.data.passage_max_length=24", *flags]
+  env = dict(os.environ, BPR_TEST_CRASH_AFTER_STEP=str(step))
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def snapshot(workdir):
+  """{relative path: (size, mtime_ns, sha1)} of every file under workdir."""
+  import hashlib
+  out = {}
+  for p in sorted(pathlib.Path(workdir).rglob("*")):
+    if p.is_file():
+      st = p.stat()
+      out[str(p.relative_to(workdir))] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+  return out
+
+
 def final_params(workdir):
   """Params of the latest checkpoint, as numpy."""
   q, p, _, _ = train.restore_for_export(str(workdir))
@@ -90,16 +128,20 @@ def test_end_to_end_writes_metrics_checkpoints_and_tensorboard(uninterrupted):
 
 
 def test_rerun_of_finished_run_is_a_noop(uninterrupted):
+  """Bookkeeping settings may change on resume; config.json keeps the run's own settings."""
   workdir, _ = uninterrupted
   before = read_metrics(workdir)
-  result = train.train_and_evaluate(shrunk_config(), str(workdir))
+  config_before = (workdir / "config.json").read_bytes()
+  result = train.train_and_evaluate(shrunk_config(log_every=3, checkpoint_every=4, eval_every=0,
+                                                  keep_checkpoints=5), str(workdir))
   assert result["step"] == 10
   assert read_metrics(workdir) == before
+  assert (workdir / "config.json").read_bytes() == config_before
 
 
 def test_resume_after_kill_matches_uninterrupted_run(uninterrupted, tmp_path):
   workdir, result = uninterrupted
-  killed = run_main(tmp_path, "--config.checkpoint_every=5", "--config.testing_crash_after_step=5", check=False)
+  killed = run_main_crashing_after(tmp_path, 5, "--config.checkpoint_every=5")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   assert checkpoints.Checkpointer(str(tmp_path)).latest_step() == 5
   resumed = train.train_and_evaluate(shrunk_config(), str(tmp_path))
@@ -151,8 +193,31 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
 
 def test_resume_with_other_data_is_refused(uninterrupted):
   workdir, _ = uninterrupted
-  with pytest.raises(train.TrainingError, match="other data"):
+  with pytest.raises(train.TrainingError, match="seed: 42 -> 7"):
     train.train_and_evaluate(shrunk_config(seed=7), str(workdir))
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"model.pooling": "cls"}, ["model.pooling: 'mean' -> 'cls'"]),
+    ({"data.question_max_length": 10, "optim.learning_rate": 1e-4, "num_train_steps": 20},
+     ["data.question_max_length: 12 -> 10", "optim.learning_rate: 0.001 -> 0.0001",
+      "num_train_steps: 10 -> 20"]),
+    ({"mode": "dpr", "loss.gamma": 0.5}, ["mode: 'bpr' -> 'dpr'", "loss.gamma:"]),
+])
+def test_resume_with_other_settings_is_refused_before_writing(uninterrupted, overrides, named):
+  workdir, _ = uninterrupted
+  before = snapshot(workdir)
+  with pytest.raises(train.TrainingError, match="other settings") as err:
+    train.train_and_evaluate(shrunk_config(**overrides), str(workdir))
+  for text in named:
+    assert text in str(err.value), str(err.value)
+  assert snapshot(workdir) == before  # nothing in the workdir was written
+  assert json.loads((workdir / "config.json").read_text())["model"]["pooling"] == "mean"
+
+
+def test_checkpoint_hooks_are_empty_in_the_product():
+  assert train.checkpoint_hooks == []
+  assert "testing_crash_after_step" not in tiny.get_config()
 
 
 @pytest.mark.parametrize("key,value,match", [
