@@ -26,14 +26,16 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, shared_dir, write_result  # noqa: E402
+from bpr_jax.codes import binarize  # noqa: E402
 
 
 def evaluate(scores: np.ndarray, ids: list[str], questions) -> dict:
-  from bpr_jax.metrics import ndcg_at_k, recall_at_k
+  """nDCG@10 and Recall@100 of exhaustive scores (BEIR's conventions, pytrec_eval)."""
+  from bpr_jax.metrics import beir_evaluate
   top = np.argsort(-scores, axis=1, kind="stable")[:, :100]
-  run = {qid: [ids[j] for j in top[i]] for i, qid in enumerate(questions.qids)}
-  return {"ndcg@10": round(ndcg_at_k(questions.qrels, run, 10), 4),
-          "recall@100": round(recall_at_k(questions.qrels, run, 100), 4)}
+  results = {qid: {ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(questions.qids)}
+  m = beir_evaluate(questions.qrels, results, [10, 100])
+  return {"ndcg@10": round(m["ndcg@10"], 4), "recall@100": round(m["recall@100"], 4)}
 
 
 def one_run(d: pathlib.Path, beir_dir: pathlib.Path) -> dict:
@@ -54,7 +56,7 @@ def one_run(d: pathlib.Path, beir_dir: pathlib.Path) -> dict:
   betas = sorted({10.0, 30.0, 100.0} | ({round(final_beta, 2)} if final_beta else set()))
   for b in betas:
     out["scores"][f"tanh-{b:g}"] = evaluate(q @ np.tanh(b * emb).T, ids, questions)
-  out["scores"]["sign"] = evaluate(q @ np.where(emb >= 0, 1.0, -1.0).T, ids, questions)
+  out["scores"]["sign"] = evaluate(q @ binarize(emb).T, ids, questions)
   return out
 
 

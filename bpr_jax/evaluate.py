@@ -39,7 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bpr_jax import metrics
-from bpr_jax.index import BinaryIndex, atomic_write_text, load_npy
+from bpr_jax.index import BinaryIndex
+from bpr_jax.io import atomic_write_text, load_npy
 from bpr_jax.search import two_stage_search
 
 BASELINES = ("flat_ip", "hnsw", "lsh", "pq")

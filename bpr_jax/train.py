@@ -20,7 +20,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from bpr_jax import checkpoints, losses, parallel, schedules
+from bpr_jax import checkpoints, codes, losses, parallel, schedules
 from bpr_jax.data import pipeline
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.models import hash_layer
@@ -315,7 +315,7 @@ def average_rank(q: np.ndarray, passages: np.ndarray, mode: str, beta: float | N
   if mode == "bpr" and beta is not None:
     passages = np.tanh(beta * passages.astype(np.float32))
   elif mode == "bpr":
-    passages = np.where(passages >= 0, 1.0, -1.0).astype(np.float32)
+    passages = codes.binarize(passages)
   scores = q @ passages.T
   positive = scores[np.arange(len(q)), np.arange(len(q))][:, None]
   others = np.ones_like(scores, dtype=bool)
@@ -419,18 +419,25 @@ class _Preemption:
 # checkpoint_every, keep_checkpoints, async_checkpoints, prefetch (bookkeeping); model.remat
 # (recomputes activations, same values); model.param_sharding (layout only; the checkpoint is
 # restored onto the new shardings); data.dev_path, data.dev_split, data.dev_hard_negatives_json
-# (validation only).
+# (validation only).  tests/test_train.py checks that every field of configs/common.py is either
+# listed here or in RESUME_FREE.
 RESUME_FIELDS = (
     "mode", "seed", "batch_size", "num_train_steps", "num_epochs",
     "model.init", "model.hf_dir", "model.bert", "model.pooling", "model.dtype", "model.shared_encoder",
-    "model.dropout",
+    "model.dropout", "model.code_bits",
     "data.source", "data.train_path", "data.beir_dir", "data.train_split", "data.hard_negatives_json",
     "data.tfds_name", "data.tfds_data_dir", "data.tokenizer_dir", "data.question_max_length",
     "data.passage_max_length", "data.num_hard_negatives", "data.shuffle_positives", "data.skip_invalid",
     "data.tiny_seed",
-    "loss.alpha", "loss.gamma", "loss.cand_reduction",
+    "loss.alpha", "loss.gamma", "loss.cand_reduction", "loss.relaxation", "loss.cand_loss", "loss.terms",
+    "loss.beta_schedule", "loss.final_beta",
     "optim.learning_rate", "optim.warmup_fraction", "optim.weight_decay", "optim.adam_eps", "optim.b1",
     "optim.b2", "optim.grad_clip",
+)
+RESUME_FREE = (
+    "log_every", "eval_every", "eval_max_examples", "checkpoint_every", "keep_checkpoints",
+    "async_checkpoints", "prefetch", "model.remat", "model.param_sharding", "data.dev_path",
+    "data.dev_split", "data.dev_hard_negatives_json",
 )
 _ABSENT = "<absent>"
 

@@ -276,3 +276,19 @@ def test_trains_from_a_tfds_array_record_source(tmp_path):
                        "checkpoint_every": 4})
   result = train.train_and_evaluate(c, str(tmp_path / "work"))
   assert result["step"] == 4 and np.isfinite(result["loss"]) and "dev_avg_rank" in result
+
+
+def test_every_config_field_is_classified_for_resume():
+  """A new config field must be declared as changing training (refused on resume) or not."""
+  from configs.common import base_config
+
+  def leaves(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict) and f"{prefix}{k}" != "model.bert":
+        yield from leaves(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}"
+  fields = set(leaves(base_config().to_dict()))
+  classified = set(train.RESUME_FIELDS) | set(train.RESUME_FREE)
+  assert fields - classified == set(), "classify these fields in train.RESUME_FIELDS or RESUME_FREE"
+  assert not set(train.RESUME_FIELDS) & set(train.RESUME_FREE)
