@@ -385,12 +385,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   tokenizer, train_source, dev_source = build_data(config, workdir)
   bert = encoder_configs(config, tokenizer)
+  token_cache_dir = pipeline.default_token_cache_dir(config.data.token_cache_dir, workdir)
   batches = pipeline.TrainBatches(
       train_source, tokenizer,
       pipeline.PipelineConfig(
           global_batch_size=config.batch_size, question_max_length=config.data.question_max_length,
           passage_max_length=config.data.passage_max_length, num_hard_negatives=config.data.num_hard_negatives,
-          seed=config.seed, shuffle=True, shuffle_positives=config.data.shuffle_positives),
+          seed=config.seed, shuffle=True, shuffle_positives=config.data.shuffle_positives,
+          pad_multiple=config.data.pad_multiple, token_cache_dir=token_cache_dir),
       process_index=jax.process_index(), process_count=jax.process_count())
   total_steps = total_train_steps(config, batches.steps_per_epoch)
   tx, lr_schedule = make_optimizer(config, total_steps)
@@ -455,7 +457,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                passage_max_length=config.data.passage_max_length,
                                                max_examples=config.eval_max_examples,
                                                process_index=jax.process_index(),
-                                               process_count=jax.process_count()), mesh, config.mode)
+                                               process_count=jax.process_count(),
+                                               pad_multiple=config.data.pad_multiple,
+                                               token_cache_dir=token_cache_dir), mesh, config.mode)
           if dev:
             writer.write(step, dev)
             logging.info("step %d: dev average rank %.3f (%d questions, %d passages)", step,
