@@ -36,6 +36,7 @@ shards of ``C`` in shard order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -103,6 +104,27 @@ def _chunk_ok(path: pathlib.Path, rows: int, save_float: bool) -> bool:
 # Device side.
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_forward(graphdef: Any, codes: bool, save_float: bool):
+  """One jitted forward per architecture, so its compiled shapes outlive an encode_corpus call."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax.codes import pack_codes_jnp  # pylint: disable=import-outside-toplevel
+
+  @jax.jit
+  def forward(params, input_ids, attention_mask, token_type_ids):
+    model = nnx.merge(graphdef, params)
+    emb = model(input_ids, attention_mask, token_type_ids, deterministic=True)
+    if not codes:
+      return emb
+    emb = emb.astype(jnp.float32)
+    return pack_codes_jnp(emb), jnp.isfinite(emb).all(axis=1), (emb if save_float else None)
+
+  return forward
+
+
 def make_sharded_encoder(encoder: Any, batch_size: int, *, codes: bool = False,
                          save_float: bool = False):
   """A jitted passage forward pass with the batch split over local devices.
@@ -116,11 +138,9 @@ def make_sharded_encoder(encoder: Any, batch_size: int, *, codes: bool = False,
   to a multiple of the local device count.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
 
-  from bpr_jax.codes import pack_codes_jnp  # pylint: disable=import-outside-toplevel
   from bpr_jax.parallel import DATA_AXIS, make_mesh  # pylint: disable=import-outside-toplevel
 
   devices = jax.local_devices()
@@ -131,15 +151,7 @@ def make_sharded_encoder(encoder: Any, batch_size: int, *, codes: bool = False,
   repl = NamedSharding(mesh, P())
   graphdef, params = nnx.split(encoder)
   params = jax.device_put(params, repl)
-
-  @jax.jit
-  def forward(params, input_ids, attention_mask, token_type_ids):
-    model = nnx.merge(graphdef, params)
-    emb = model(input_ids, attention_mask, token_type_ids, deterministic=True)
-    if not codes:
-      return emb
-    emb = emb.astype(jnp.float32)
-    return pack_codes_jnp(emb), jnp.isfinite(emb).all(axis=1), (emb if save_float else None)
+  forward = _jitted_forward(graphdef, codes, save_float)
 
   def fn(batch: dict[str, np.ndarray]):
     args = [jax.device_put(batch[k], data)
