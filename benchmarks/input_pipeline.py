@@ -152,6 +152,7 @@ def padding_stats(batches: pipeline.TrainBatches, steps, max_q: int, max_p: int)
       "mean_passage_tokens": round(real_p / rows_p, 2),
       "question_lengths_used": sorted(set(lq)),
       "passage_lengths_used": sorted(set(lp)),
+      "step_shapes_used": len(set(zip(lq, lp))),
       "mean_padded_question_length": round(float(np.mean(lq)), 2),
       "mean_padded_passage_length": round(float(np.mean(lp)), 2),
   }

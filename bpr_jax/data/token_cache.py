@@ -122,8 +122,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
   hf = tokenizer.hf
   backend = getattr(hf, "backend_tokenizer", None)
   h = hashlib.sha256(type(hf).__name__.encode())
-  if backend is not None:
-    h.update(backend.to_str().encode())
+  if backend is not None:  # without the truncation / padding state the last call left behind
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    h.update(json.dumps(spec, sort_keys=True).encode())
   else:
     h.update(json.dumps(sorted(hf.get_vocab().items())).encode())
   h.update(json.dumps([tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]).encode())
