@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from bpr_jax.data import pipeline  # noqa: E402
 from bpr_jax.data.examples import Example, Passage  # noqa: E402
-from bpr_jax.data.token_cache import bucket_length, num_buckets  # noqa: E402
+from bpr_jax.data.token_cache import num_buckets  # noqa: E402
 from bpr_jax.tokenization import Tokenizer  # noqa: E402
 
 H100_BF16_DENSE = 989e12
