@@ -68,3 +68,20 @@ def unpack_codes(codes: np.ndarray, d: int | None = None) -> np.ndarray:
   out *= 2.0
   out -= 1.0
   return out
+
+
+def pack_codes_jnp(emb):
+  """`pack_codes` for a JAX array, to run inside a jitted function on the device.
+
+  Same layout and sign(0) = +1 convention (NaN gives a clear bit, as ``>= 0`` is false):
+  the result equals ``np.packbits(np.asarray(emb) >= 0, axis=1, bitorder="big")``.
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  if emb.ndim != 2:
+    raise ValueError(f"embeddings must be 2-D [N, d], got shape {emb.shape}")
+  n, d = emb.shape
+  if d % 8:
+    raise ValueError(f"code dimension must be a multiple of 8, got {d}")
+  bits = (emb >= 0).reshape(n, d // 8, 8).astype(jnp.uint8)
+  weights = jnp.asarray([128, 64, 32, 16, 8, 4, 2, 1], jnp.uint8)
+  return jnp.sum(bits * weights, axis=-1, dtype=jnp.uint8)

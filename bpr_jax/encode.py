@@ -3,13 +3,19 @@
 Usage::
 
   python -m bpr_jax.encode --model=E --passages=psgs_w100.tsv --output=C \
-      [--batch_size=512 --chunk_size=100000 --num_shards=N --shard_index=S --save_float]
+      [--batch_size=512 --chunk_size=100000 --num_shards=N --shard_index=S --save_float
+       --pad_multiple=32]
 
 Pipeline: a background thread reads passages (``bpr_jax.data.passages``) and
-tokenises batches into a bounded queue while the jitted passage encoder runs
-on every local device (the batch is split over a 1-D ``data`` mesh with a
-``NamedSharding``; parameters are replicated).  One batch stays in flight so
-the host packs codes while the devices compute the next one.
+tokenises them a chunk at a time (unpadded, ``data.token_cache``) into a
+bounded queue while the jitted passage encoder runs on every local device (the
+batch is split over a 1-D ``data`` mesh with a ``NamedSharding``; parameters
+are replicated).  Each chunk's passages are sorted by length and each batch is
+padded to its longest passage rounded up to ``--pad_multiple`` (a handful of
+compiled shapes); the encoder takes signs and packs bits on the device, so
+only uint8 codes (and float vectors with --save_float) come back, and they are
+put back in file order.  One batch stays in flight so the host stores codes
+while the devices compute the next one.
 
 Output (``C`` for one shard, ``C/shard_{s:05d}`` for shard s of many)::
 
@@ -30,6 +36,7 @@ shards of ``C`` in shard order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -41,7 +48,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bpr_jax.codes import pack_codes
 from bpr_jax.index import (CODES_FORMAT, atomic_write_json, concat_ids, file_record,
                            normalize_ids)
 
@@ -98,12 +104,38 @@ def _chunk_ok(path: pathlib.Path, rows: int, save_float: bool) -> bool:
 # Device side.
 
 
-def make_sharded_encoder(encoder: Any, batch_size: int):
+@functools.lru_cache(maxsize=8)
+def _jitted_forward(graphdef: Any, codes: bool, save_float: bool):
+  """One jitted forward per architecture, so its compiled shapes outlive an encode_corpus call."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax.codes import pack_codes_jnp  # pylint: disable=import-outside-toplevel
+
+  @jax.jit
+  def forward(params, input_ids, attention_mask, token_type_ids):
+    model = nnx.merge(graphdef, params)
+    emb = model(input_ids, attention_mask, token_type_ids, deterministic=True)
+    if not codes:
+      return emb
+    emb = emb.astype(jnp.float32)
+    return pack_codes_jnp(emb), jnp.isfinite(emb).all(axis=1), (emb if save_float else None)
+
+  return forward
+
+
+def make_sharded_encoder(encoder: Any, batch_size: int, *, codes: bool = False,
+                         save_float: bool = False):
   """A jitted passage forward pass with the batch split over local devices.
 
-  Returns ``(fn, padded_batch)``: ``fn(batch_dict)`` takes int32 [padded_batch, L]
-  arrays and returns a device array [padded_batch, d]; ``padded_batch`` is
-  ``batch_size`` rounded up to a multiple of the local device count.
+  Returns ``(fn, padded_batch)``: ``fn(batch_dict)`` takes int32 [padded_batch, L] arrays
+  (any L; each new L compiles once) and returns a device array [padded_batch, d]; with
+  ``codes`` it returns device arrays ``(codes, finite, emb)`` instead: uint8 codes
+  [padded_batch, d/8] packed on the device (``codes.pack_codes_jnp``), a bool per row that
+  its embedding is finite, and the float32 embeddings only with ``save_float`` (else None),
+  so only codes cross to the host by default. ``padded_batch`` is ``batch_size`` rounded up
+  to a multiple of the local device count.
   """
   import jax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
@@ -119,11 +151,7 @@ def make_sharded_encoder(encoder: Any, batch_size: int):
   repl = NamedSharding(mesh, P())
   graphdef, params = nnx.split(encoder)
   params = jax.device_put(params, repl)
-
-  @jax.jit
-  def forward(params, input_ids, attention_mask, token_type_ids):
-    model = nnx.merge(graphdef, params)
-    return model(input_ids, attention_mask, token_type_ids, deterministic=True)
+  forward = _jitted_forward(graphdef, codes, save_float)
 
   def fn(batch: dict[str, np.ndarray]):
     args = [jax.device_put(batch[k], data)
@@ -138,24 +166,27 @@ def make_sharded_encoder(encoder: Any, batch_size: int):
 
 
 @dataclasses.dataclass
-class _Batch:
-  chunk: int
+class _Chunk:
+  """One chunk's passages tokenised without padding, and the order to encode them in."""
+  index: int
   ids: list[str]
-  tokens: dict[str, np.ndarray]
+  table: Any    # token_cache.TokenTable, rows in file order
+  order: np.ndarray  # rows by increasing length (file order when not bucketing)
 
 
 _DONE = object()
 
 
 def _producer(passages_path: str, todo: list[tuple[int, int, int]], tokenizer: Any,
-              max_length: int, batch_size: int, out: "queue.Queue[Any]",
+              max_length: int, pad_multiple: int, out: "queue.Queue[Any]",
               stop: threading.Event) -> None:
-  """Reads and tokenises the passages of the chunks in ``todo`` into ``out``.
+  """Reads and tokenises the chunks in ``todo``, one ``_Chunk`` at a time, into ``out``.
 
   ``todo`` lists (chunk index, first row, end row) in increasing order, rows
   relative to the start of the file; passages of other chunks are skipped.
   """
   from bpr_jax.data.passages import iter_passages  # pylint: disable=import-outside-toplevel
+  from bpr_jax.data.token_cache import tokenize_passages  # pylint: disable=import-outside-toplevel
 
   def put(item: Any) -> bool:
     while not stop.is_set():
@@ -176,20 +207,20 @@ def _producer(passages_path: str, todo: list[tuple[int, int, int]], tokenizer: A
       while row < lo:  # skip a finished chunk between unfinished ones
         next(it)
         row += 1
-      for s in range(lo, hi, batch_size):
-        e = min(hi, s + batch_size)
-        group = []
-        for _ in range(e - s):
-          try:
-            group.append(next(it))
-          except StopIteration:
-            raise ValueError(
-                f"{passages_path} ended at passage {row} but {hi} were expected; "
-                "did the file change during encoding?") from None
-          row += 1
-        tokens = tokenizer.passages([p.title for p in group], [p.text for p in group], max_length)
-        if not put(_Batch(ci, [p.id for p in group], tokens)):
-          return
+      group = []
+      for _ in range(hi - lo):
+        try:
+          group.append(next(it))
+        except StopIteration:
+          raise ValueError(
+              f"{passages_path} ended at passage {row} but {hi} were expected; "
+              "did the file change during encoding?") from None
+        row += 1
+      table = tokenize_passages(tokenizer, [p.title for p in group], [p.text for p in group], max_length)
+      order = (np.argsort(table.lengths, kind="stable") if pad_multiple > 0
+               else np.arange(len(group)))
+      if not put(_Chunk(ci, [p.id for p in group], table, order)):
+        return
     put(_DONE)
   except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
     put(e)
@@ -200,6 +231,16 @@ def _pad_tokens(tokens: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
   if n == size:
     return tokens
   return {k: np.pad(v, ((0, size - n), (0, 0))) for k, v in tokens.items()}
+
+
+def _batches_of(chunk: _Chunk, batch: int, pad_multiple: int, max_length: int):
+  """(rows, padded tokens) of each device batch of a chunk: rows of similar length, padded to
+  their longest rounded up to ``pad_multiple`` (or to ``max_length`` when it is 0)."""
+  from bpr_jax.data.token_cache import bucket_length  # pylint: disable=import-outside-toplevel
+  for s in range(0, len(chunk.order), batch):
+    rows = chunk.order[s:s + batch]
+    length = bucket_length(chunk.table.longest(rows), pad_multiple, max_length)
+    yield rows, _pad_tokens(chunk.table.rows(rows, length), batch)
 
 
 def _run_config(model_path: str, passages: str, total: int, start: int, end: int,
@@ -253,7 +294,7 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
                   model_path: str | os.PathLike | None = None, batch_size: int = 512,
                   chunk_size: int = 100_000, num_shards: int = 1, shard_index: int = 0,
                   save_float: bool = False, keep_chunks: bool = False, progress: bool = True,
-                  stop_after_chunks: int | None = None) -> dict[str, Any] | None:
+                  stop_after_chunks: int | None = None, pad_multiple: int = 32) -> dict[str, Any] | None:
   """Encodes one shard of a passage file; returns its manifest.
 
   Args:
@@ -270,6 +311,10 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
     progress: show a tqdm bar.
     stop_after_chunks: stop (as if killed) after writing this many chunks in
       this call; returns None.  For tests.
+    pad_multiple: sort each chunk's passages by length and pad each batch to
+      its longest passage rounded up to this (ceil(max_length / pad_multiple)
+      compiled shapes); 0 pads everything to the model's passage_max_length in
+      file order.  Codes are written in file order either way.
 
   Returns:
     The manifest dict, or None when stopped early.
@@ -325,41 +370,46 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
   t0 = time.time()
   written = 0
   if todo:
-    fn, padded = make_sharded_encoder(encoder, batch_size)
+    fn, padded = make_sharded_encoder(encoder, batch_size, codes=True, save_float=save_float)
     max_length = int(model.settings["passage_max_length"])
-    q: "queue.Queue[Any]" = queue.Queue(maxsize=8)
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=2)  # the next chunks tokenise while this one encodes
     stop = threading.Event()
     worker = threading.Thread(
         target=_producer, name="bpr-encode-reader", daemon=True,
-        args=(passages, todo, model.tokenizer, max_length, padded, q, stop))
+        args=(passages, todo, model.tokenizer, max_length, pad_multiple, q, stop))
     worker.start()
     bar = None
     if progress:
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
       bar = tqdm(total=nrows, initial=done_rows, unit="psg", unit_scale=True, smoothing=0.05,
                  desc=f"encode shard {shard_index}/{num_shards}")
-    sizes = {ci: hi - lo for ci, lo, hi in todo}
-    acc: dict[int, tuple[list[np.ndarray], list[str]]] = {}
+    acc: dict[int, dict[str, Any]] = {}
 
-    def consume(item: tuple[int, list[str], Any]) -> bool:
-      """Adds one finished batch; writes its chunk when full. False to stop."""
+    def consume(item: tuple[_Chunk, np.ndarray, Any]) -> bool:
+      """Puts one finished batch's rows in place; writes its chunk when full. False to stop."""
       nonlocal written
-      ci, ids, dev_out = item
-      emb = np.asarray(dev_out, dtype=np.float32)[:len(ids)]
-      if not np.isfinite(emb).all():
-        raise ValueError(f"non-finite passage embeddings in chunk {ci} (ids {ids[:3]}...)")
-      embs, all_ids = acc.setdefault(ci, ([], []))
-      embs.append(emb)
-      all_ids.extend(ids)
+      chunk, rows, (dev_codes, dev_finite, dev_emb) = item
+      n = len(rows)
+      finite = np.asarray(dev_finite)[:n]
+      if not finite.all():
+        bad = [chunk.ids[r] for r in rows[~finite][:3]]
+        raise ValueError(f"non-finite passage embeddings in chunk {chunk.index} (ids {bad}...)")
+      size = len(chunk.ids)
+      state = acc.setdefault(chunk.index, {
+          "codes": np.zeros((size, code_bits // 8), np.uint8), "filled": 0,
+          "embeddings": np.zeros((size, emb_dim), np.float32) if save_float else None})
+      state["codes"][rows] = np.asarray(dev_codes)[:n]
+      if save_float:
+        state["embeddings"][rows] = np.asarray(dev_emb, dtype=np.float32)[:n]
+      state["filled"] += n
       if bar is not None:
-        bar.update(len(ids))
-      if len(all_ids) == sizes[ci]:
-        full = np.concatenate(embs)
-        arrays = {"codes": pack_codes(full), "ids": np.asarray(all_ids, dtype=str)}
+        bar.update(n)
+      if state["filled"] == size:
+        arrays = {"codes": state["codes"], "ids": np.asarray(chunk.ids, dtype=str)}
         if save_float:
-          arrays["embeddings"] = full
-        _atomic_savez(chunk_path(out_dir, ci), **arrays)
-        del acc[ci]
+          arrays["embeddings"] = state["embeddings"]
+        _atomic_savez(chunk_path(out_dir, chunk.index), **arrays)
+        del acc[chunk.index]
         written += 1
         if stop_after_chunks is not None and written >= stop_after_chunks:
           return False
@@ -368,17 +418,18 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
     pending = None
     stopped = False
     try:
-      while True:
+      while not stopped:
         item = q.get()
         if isinstance(item, BaseException):
           raise item
         if item is _DONE:
           break
-        out = fn(_pad_tokens(item.tokens, padded))  # dispatched asynchronously
-        if pending is not None and not consume(pending):
-          stopped = True
-          break
-        pending = (item.chunk, item.ids, out)
+        for rows, tokens in _batches_of(item, padded, pad_multiple, max_length):
+          out = fn(tokens)  # dispatched asynchronously
+          if pending is not None and not consume(pending):
+            stopped = True
+            break
+          pending = (item, rows, out)
       if not stopped and pending is not None and not consume(pending):
         stopped = True
     finally:
@@ -435,6 +486,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("shard_index", None, "This shard (default: jax.process_index()).")
   flags.DEFINE_boolean("save_float", False, "Also save float32 embeddings.")
   flags.DEFINE_boolean("keep_chunks", False, "Keep chunk files after finishing.")
+  flags.DEFINE_integer("pad_multiple", 32, "Sort each chunk by length and pad each batch to its longest "
+                       "passage rounded up to this; 0: pad to passage_max_length in file order.")
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                     "Compute dtype of the encoder (bfloat16: ~2x+ faster on GPU/TPU; a few code bits "
                     "of near-zero components may differ from float32).")
@@ -462,7 +515,8 @@ def main(argv: Sequence[str]) -> None:
     model = load_exported(f.model, dtype=jnp.bfloat16 if f.dtype == "bfloat16" else jnp.float32)
     m = encode_corpus(model, f.passages, f.output, model_path=f.model, batch_size=f.batch_size,
                       chunk_size=f.chunk_size, num_shards=num_shards, shard_index=shard_index,
-                      save_float=f.save_float, keep_chunks=f.keep_chunks)
+                      save_float=f.save_float, keep_chunks=f.keep_chunks,
+                      pad_multiple=f.pad_multiple)
   except (ValueError, FileNotFoundError, DataError) as e:
     raise SystemExit(f"error: {e}") from None
   assert m is not None

@@ -23,7 +23,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  # Token ids are made once before the first step (data/token_cache.py) by the fast tokenizer's
+  # batch call, which uses every core when allowed; no step tokenises, so nothing races it.
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
   console.quiet_libraries()
   distributed.initialize_distributed()
   from bpr_jax import train  # after distributed init: importing jax work must follow it

@@ -4,8 +4,9 @@ Questions:  [CLS] question [SEP]
 Passages:   [CLS] title [SEP] text [SEP]   (token types 0 ... 0 1 ... 1)
             [CLS] text [SEP]               when the title is empty
 
-Everything is padded to a fixed `max_length` (so compiled shapes are fixed)
-and returned as int32 numpy arrays.
+Everything is padded to a fixed `max_length` and returned as int32 numpy arrays;
+`bpr_jax.data.token_cache` keeps these rows unpadded, made once, and pads each
+batch to its own bucketed length.
 """
 from __future__ import annotations
 

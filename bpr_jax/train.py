@@ -419,7 +419,8 @@ class _Preemption:
 # checkpoint_every, keep_checkpoints, async_checkpoints, prefetch (bookkeeping); model.remat
 # (recomputes activations, same values); model.param_sharding (layout only; the checkpoint is
 # restored onto the new shardings); data.dev_path, data.dev_split, data.dev_hard_negatives_json
-# (validation only).  tests/test_train.py checks that every field of configs/common.py is either
+# (validation only); data.pad_multiple (batch shapes only: padding is masked),
+# data.token_cache_dir (where token ids are kept).  tests/test_train.py checks that every field of configs/common.py is either
 # listed here or in RESUME_FREE.
 RESUME_FIELDS = (
     "mode", "seed", "batch_size", "num_train_steps", "num_epochs",
@@ -437,7 +438,7 @@ RESUME_FIELDS = (
 RESUME_FREE = (
     "log_every", "eval_every", "eval_max_examples", "checkpoint_every", "keep_checkpoints",
     "async_checkpoints", "prefetch", "model.remat", "model.param_sharding", "data.dev_path",
-    "data.dev_split", "data.dev_hard_negatives_json",
+    "data.dev_split", "data.dev_hard_negatives_json", "data.pad_multiple", "data.token_cache_dir",
 )
 _ABSENT = "<absent>"
 
@@ -517,12 +518,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   tokenizer, train_source, dev_source = build_data(config, workdir)
   bert = encoder_configs(config, tokenizer)
+  token_cache_dir = pipeline.default_token_cache_dir(config.data.token_cache_dir, workdir)
   batches = pipeline.TrainBatches(
       train_source, tokenizer,
       pipeline.PipelineConfig(
           global_batch_size=config.batch_size, question_max_length=config.data.question_max_length,
           passage_max_length=config.data.passage_max_length, num_hard_negatives=config.data.num_hard_negatives,
-          seed=config.seed, shuffle=True, shuffle_positives=config.data.shuffle_positives),
+          seed=config.seed, shuffle=True, shuffle_positives=config.data.shuffle_positives,
+          pad_multiple=config.data.pad_multiple, token_cache_dir=token_cache_dir),
       process_index=jax.process_index(), process_count=jax.process_count())
   total_steps = total_train_steps(config, batches.steps_per_epoch)
   tx, lr_schedule = make_optimizer(config, total_steps)
@@ -589,7 +592,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                passage_max_length=config.data.passage_max_length,
                                                max_examples=config.eval_max_examples,
                                                process_index=jax.process_index(),
-                                               process_count=jax.process_count()), mesh, config.mode,
+                                               process_count=jax.process_count(),
+                                               pad_multiple=config.data.pad_multiple,
+                                               token_cache_dir=token_cache_dir), mesh, config.mode,
                          beta=float(beta_of(step)))
           if dev:
             writer.write(step, dev)

@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer_dir = ""      # default: model.hf_dir
   c.data.question_max_length = 256
   c.data.passage_max_length = 256
+  c.data.pad_multiple = 32       # pad each batch to its longest row rounded up to this (<= max length); 0: to the max
+  c.data.token_cache_dir = ""    # token ids made once, kept here between runs; "": WORKDIR/token_cache (local workdirs)
   c.data.num_hard_negatives = 1
   c.data.shuffle_positives = False
   c.data.skip_invalid = False    # True: skip (and count) malformed records instead of failing

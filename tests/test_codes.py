@@ -50,3 +50,18 @@ def test_errors():
     unpack_codes(np.zeros((2, 4), np.int32))
   with pytest.raises(ValueError, match="does not match"):
     unpack_codes(np.zeros((2, 4), np.uint8), d=40)
+
+
+def test_pack_codes_jnp_matches_numpy_inside_jit():
+  import jax
+  import jax.numpy as jnp
+  from bpr_jax.codes import pack_codes_jnp
+  rng = np.random.default_rng(1)
+  e = rng.standard_normal((7, 64)).astype(np.float32)
+  e[0, :8] = [0.0, -0.0, 1e-30, -1e-30, np.nan, np.inf, -np.inf, 2.0]
+  got = jax.jit(pack_codes_jnp)(jnp.asarray(e))
+  assert got.dtype == jnp.uint8 and got.shape == (7, 8)
+  np.testing.assert_array_equal(np.asarray(got), pack_codes(e))
+  np.testing.assert_array_equal(np.asarray(got), np.packbits(e >= 0, axis=1, bitorder="big"))
+  with pytest.raises(ValueError, match="multiple of 8"):
+    pack_codes_jnp(jnp.zeros((2, 12)))

@@ -104,3 +104,31 @@ def test_missing_dir_errors(tmp_path):
     Tokenizer.from_dir(tmp_path / "absent")
   with pytest.raises(FileNotFoundError, match="vocab.txt"):
     Tokenizer.from_dir(tmp_path)
+
+
+def test_token_tables_give_the_tokenizer_output_at_any_cut(tok, tmp_path):
+  from bpr_jax.data import token_cache
+  titles = ["Aaron", "", "a title " * 200, "Moses"]  # the third title alone overflows max_length
+  texts = ["Aaron is a prophet, high priest, and the brother of Moses.", "no title here",
+           "text " * 50, "word " * 300]
+  want = tok.passages(titles, texts, 64)
+  table = token_cache.tokenize_passages(tok, titles, texts, 64)
+  assert table.ids.dtype == np.uint16 and table.lengths.tolist() == want["attention_mask"].sum(1).tolist()
+  rows = np.arange(4)
+  for length in (64, 96):
+    got = table.rows(rows, length)
+    for k in KEYS:
+      assert got[k].shape == (4, length) and got[k].dtype == np.int32
+      np.testing.assert_array_equal(got[k][:, :64], want[k])
+      assert not got[k][:, 64:].any()
+  short = table.rows(np.asarray([1, 0, 1]), 32)  # any selection, cut to the bucket
+  np.testing.assert_array_equal(short["input_ids"], want["input_ids"][[1, 0, 1], :32])
+  questions = ["Who wrote BPR?", "what is a binary code"]
+  q = token_cache.cached_table(tok, "questions", [questions], 16, tmp_path)
+  again = token_cache.cached_table(tok, "questions", [questions], 16, tmp_path)
+  for k in KEYS:
+    np.testing.assert_array_equal(q.rows(np.arange(2), 16)[k], tok.questions(questions, 16)[k])
+    np.testing.assert_array_equal(again.rows(np.arange(2), 16)[k], q.rows(np.arange(2), 16)[k])
+  assert len(list(tmp_path.iterdir())) == 1
+  token_cache.cached_table(tok, "questions", [questions[:1]], 16, tmp_path)  # other texts: other key
+  assert len(list(tmp_path.iterdir())) == 2

@@ -2,9 +2,15 @@
 
 The batch of global step s is a pure function of (seed, s): epoch e = s // steps_per_epoch
 uses the permutation `default_rng([seed, e]).permutation(len(source))`, step s takes its
-slice of `global_batch_size` indices, and process p of P tokenises only rows
+slice of `global_batch_size` indices, and process p of P returns only rows
 [p*B/P, (p+1)*B/P) of it. Resuming therefore needs only the step, which the checkpoint
 stores with the pipeline's fingerprint (seed, dataset size, batch size) for a check.
+
+Token ids are made once, before the first step (`token_cache.example_tokens`: every question
+and candidate passage, with the tokenizer's batch parallelism, kept in `token_cache_dir` between
+runs); a step only picks rows, gathers them and pads them to the global batch's longest row
+rounded up to `pad_multiple` (`token_cache.bucket_length`), so every process of a step pads
+to the same shape and a run compiles at most max_length / pad_multiple shapes per input.
 
 Each question gets its first positive (or a seeded random one with `shuffle_positives`) and
 `num_hard_negatives` hard negatives: seeded picks from `hard_negatives`, falling back to
@@ -13,6 +19,7 @@ Each question gets its first positive (or a seeded random one with `shuffle_posi
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 from typing import Iterator, Sequence
@@ -21,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from bpr_jax.data.examples import Example, ExampleSource, Passage
+from bpr_jax.data.token_cache import ExampleTokens, bucket_length, example_tokens
 
 FIELDS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -34,17 +42,48 @@ class PipelineConfig:
   seed: int = 0
   shuffle: bool = True
   shuffle_positives: bool = False
+  pad_multiple: int = 32       # pad to the global batch's longest row rounded up to this; 0: to the maximum
+  token_cache_dir: str = ""    # where token tables are kept between runs; "": built in memory
 
 
 def _prefixed(prefix: str, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {f"{prefix}_{k}": tokens[k] for k in FIELDS}
 
 
+def default_token_cache_dir(configured: str, workdir: str) -> str:
+  """`configured`, else WORKDIR/token_cache for a local workdir ("" for gs:// and other URLs)."""
+  if configured:
+    return configured
+  return "" if "://" in workdir else os.path.join(workdir, "token_cache")
+
+
+def _pick(rng: np.random.Generator, num_positives: int, pool_size: int, index: int, num_examples: int,
+          num_negatives: int, shuffle_positives: bool) -> tuple[int, list[tuple[bool, int]]]:
+  """The positive's position and the negatives, each (True, position in the pool) or (False,
+  another example whose first positive stands in). The one definition of the picks."""
+  positive = int(rng.integers(num_positives)) if shuffle_positives else 0
+  negatives: list[tuple[bool, int]] = []
+  if pool_size and num_negatives:
+    order = rng.permutation(pool_size)
+    negatives = [(True, int(j)) for j in order[:num_negatives]]
+  while len(negatives) < num_negatives:
+    other = int(rng.integers(num_examples))
+    if other == index:
+      continue
+    negatives.append((False, other))
+  return positive, negatives
+
+
 class TrainBatches:
-  """Per-process tokenised training batches for any global step."""
+  """Per-process training batches for any global step, sliced from token tables made once.
+
+  Questions and passages are padded to the longest row of the global batch (every process
+  computes the same lengths) rounded up to `pad_multiple`, so a run compiles at most
+  ceil(max_length / pad_multiple) shapes per input.
+  """
 
   def __init__(self, source: ExampleSource, tokenizer, config: PipelineConfig, *,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, tokens: ExampleTokens | None = None):
     if config.global_batch_size % process_count:
       raise ValueError(f"global batch {config.global_batch_size} is not divisible by {process_count} processes")
     if len(source) < config.global_batch_size:
@@ -56,6 +95,12 @@ class TrainBatches:
     self.steps_per_epoch = len(source) // config.global_batch_size
     self.num_fallback_negatives = 0
     self._perm_epoch, self._perm = -1, None
+    if tokens is None:
+      tokens = example_tokens(source, tokenizer, config.question_max_length, config.passage_max_length,
+                              cache_dir=config.token_cache_dir or None)
+    if len(tokens) != len(source):
+      raise ValueError(f"token tables hold {len(tokens)} examples, {source.name} has {len(source)}")
+    self.tokens = tokens
 
   def fingerprint(self) -> dict:
     """What a checkpoint records to check that a resumed run reads the same data."""
@@ -80,49 +125,62 @@ class TrainBatches:
     lo = self.process_index * self.local_batch_size
     return self.global_indices(step)[lo:lo + self.local_batch_size]
 
-  def _pick(self, rng: np.random.Generator, example: Example, index: int) -> tuple[Passage, list[Passage]]:
+  def _picks(self, step: int, indices: np.ndarray):
     cfg = self.config
-    positive = (example.positives[rng.integers(len(example.positives))]
-                if cfg.shuffle_positives else example.positives[0])
-    pool = list(example.hard_negatives) or list(example.negatives)
-    negatives: list[Passage] = []
-    if pool and cfg.num_hard_negatives:
-      order = rng.permutation(len(pool))
-      negatives = [pool[i] for i in order[:cfg.num_hard_negatives]]
-    while len(negatives) < cfg.num_hard_negatives:
-      other = int(rng.integers(len(self.source)))
-      if other == index:
-        continue
-      negatives.append(self.source[other].positives[0])
-      self.num_fallback_negatives += 1
-    return positive, negatives
+    epoch = step // self.steps_per_epoch
+    for index in indices:
+      index = int(index)
+      rng = np.random.default_rng([cfg.seed, epoch, index, 1])
+      yield index, _pick(rng, int(self.tokens.pos_offsets[index + 1] - self.tokens.pos_offsets[index]),
+                         int(self.tokens.pool_offsets[index + 1] - self.tokens.pool_offsets[index]),
+                         index, len(self.source), cfg.num_hard_negatives, cfg.shuffle_positives)
 
   def examples(self, step: int) -> tuple[list[Example], list[Passage], list[Passage]]:
     """This process's questions, positives and hard negatives (flattened, n per question)."""
-    epoch = step // self.steps_per_epoch
     examples, positives, negatives = [], [], []
-    for index in self.local_indices(step):
-      index = int(index)
+    for index, (pos, negs) in self._picks(step, self.local_indices(step)):
       example = self.source[index]
-      rng = np.random.default_rng([self.config.seed, epoch, index, 1])
-      positive, negs = self._pick(rng, example, index)
+      pool = list(example.hard_negatives) or list(example.negatives)
       examples.append(example)
-      positives.append(positive)
-      negatives.extend(negs)
+      positives.append(example.positives[pos])
+      negatives.extend(pool[j] if in_pool else self.source[j].positives[0] for in_pool, j in negs)
     return examples, positives, negatives
 
+  def rows(self, step: int, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Question rows, positive and negative passage rows of `indices`, and how many negatives
+    fell back to other examples' positives."""
+    t = self.tokens
+    pos_rows, neg_rows, fallbacks = [], [], 0
+    for index, (pos, negs) in self._picks(step, indices):
+      pos_rows.append(t.pos_rows[t.pos_offsets[index] + pos])
+      for in_pool, j in negs:
+        neg_rows.append(t.pool_rows[t.pool_offsets[index] + j] if in_pool else t.pos_rows[t.pos_offsets[j]])
+        fallbacks += not in_pool
+    return (np.asarray(indices, np.int64), np.asarray(pos_rows, np.int64), np.asarray(neg_rows, np.int64),
+            fallbacks)
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """Tokenised local batch: q_* [b, Lq], pos_* [b, Lp], neg_* [b*n, Lp] (int32)."""
+    """Local batch: q_* [b, Lq], pos_* [b, Lp], neg_* [b*n, Lp] (int32), Lq and Lp bucketed
+    lengths of the global batch's longest question and passage."""
     cfg = self.config
-    examples, positives, negatives = self.examples(step)
-    out = _prefixed("q", self.tokenizer.questions([e.question for e in examples], cfg.question_max_length))
-    out.update(_prefixed("pos", tokenize_passages(self.tokenizer, positives, cfg.passage_max_length)))
-    if negatives:
-      out.update(_prefixed("neg", tokenize_passages(self.tokenizer, negatives, cfg.passage_max_length)))
+    whole = self.process_count == 1
+    q_all, pos_all, neg_all, fallbacks = self.rows(step, self.global_indices(step))
+    if whole:
+      q, pos, neg, local_fallbacks = q_all, pos_all, neg_all, fallbacks
+    else:  # same picks (seeded per example), only this process's rows
+      q, pos, neg, local_fallbacks = self.rows(step, self.local_indices(step))
+    self.num_fallback_negatives += local_fallbacks
+    q_len = bucket_length(self.tokens.questions.longest(q_all), cfg.pad_multiple, cfg.question_max_length)
+    p_len = bucket_length(self.tokens.passages.longest(np.concatenate([pos_all, neg_all])), cfg.pad_multiple,
+                          cfg.passage_max_length)
+    out = _prefixed("q", self.tokens.questions.rows(q, q_len))
+    out.update(_prefixed("pos", self.tokens.passages.rows(pos, p_len)))
+    if cfg.num_hard_negatives:
+      out.update(_prefixed("neg", self.tokens.passages.rows(neg, p_len)))
     return out
 
   def iterate(self, start_step: int, end_step: int, prefetch: int = 2) -> Iterator[tuple[int, dict]]:
-    """(step, batch) for start_step <= step < end_step, tokenised ahead in a background thread."""
+    """(step, batch) for start_step <= step < end_step, made ahead in a background thread."""
     return prefetch_iterator((s, self.batch(s)) for s in range(start_step, end_step)) if prefetch else (
         (s, self.batch(s)) for s in range(start_step, end_step))
 
@@ -169,26 +227,49 @@ def prefetch_iterator(iterator, size: int = 2):
     stop.set()
 
 
+_EVAL_TOKENS: dict = {}  # one entry: (source, tokenizer, settings) -> ExampleTokens, reused by every eval
+
+
+def _eval_tokens(source, tokenizer, n: int, question_max_length: int, passage_max_length: int,
+                 token_cache_dir: str) -> ExampleTokens:
+  key = (id(source), id(tokenizer), n, question_max_length, passage_max_length, token_cache_dir)
+  hit = _EVAL_TOKENS.get(key)
+  if hit is not None and hit[0] is source and hit[1] is tokenizer:
+    return hit[2]
+  tokens = example_tokens(source, tokenizer, question_max_length, passage_max_length,
+                          cache_dir=token_cache_dir or None, limit=n, first_only=True)
+  _EVAL_TOKENS.clear()
+  _EVAL_TOKENS[key] = (source, tokenizer, tokens)
+  return tokens
+
+
 def eval_batches(source: ExampleSource, tokenizer, *, batch_size: int, question_max_length: int,
                  passage_max_length: int, max_examples: int | None = None, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int = 1, pad_multiple: int = 32,
+                 token_cache_dir: str = "") -> Iterator[dict[str, np.ndarray]]:
   """Validation batches in dataset order: each question, its first positive and first hard
   negative (or negative; none if it has neither, then a second copy of the positive is not
-  added and `neg_valid` is 0). Only whole global batches are used."""
+  added and `neg_valid` is 0). Only whole global batches are used. Tokens are made once per
+  (source, tokenizer, lengths) and kept for later calls; lengths are bucketed as in training."""
   n = len(source) if max_examples is None else min(len(source), max_examples)
   local = batch_size // process_count
+  if n < batch_size:
+    return
+  t = _eval_tokens(source, tokenizer, n, question_max_length, passage_max_length, token_cache_dir)
   for start in range(0, n - batch_size + 1, batch_size):
-    lo = start + process_index * local
-    examples = [source[i] for i in range(lo, lo + local)]
-    negs, valid = [], []
-    for e in examples:
-      pool = list(e.hard_negatives) or list(e.negatives)
-      negs.append(pool[0] if pool else e.positives[0])
-      valid.append(1 if pool else 0)
-    out = _prefixed("q", tokenizer.questions([e.question for e in examples], question_max_length))
-    out.update(_prefixed("pos", tokenize_passages(tokenizer, [e.positives[0] for e in examples], passage_max_length)))
-    out.update(_prefixed("neg", tokenize_passages(tokenizer, negs, passage_max_length)))
-    out["neg_valid"] = np.asarray(valid, np.int32)
+    rows = np.arange(start, start + batch_size)
+    pos = t.pos_rows[t.pos_offsets[rows]].astype(np.int64)
+    has_pool = t.pool_offsets[rows + 1] > t.pool_offsets[rows]
+    first_pool = t.pool_rows[np.minimum(t.pool_offsets[rows], max(len(t.pool_rows) - 1, 0))] if len(
+        t.pool_rows) else pos
+    neg = np.where(has_pool, first_pool, pos).astype(np.int64)
+    q_len = bucket_length(t.questions.longest(rows), pad_multiple, question_max_length)
+    p_len = bucket_length(t.passages.longest(np.concatenate([pos, neg])), pad_multiple, passage_max_length)
+    mine = slice(process_index * local, (process_index + 1) * local)
+    out = _prefixed("q", t.questions.rows(rows[mine], q_len))
+    out.update(_prefixed("pos", t.passages.rows(pos[mine], p_len)))
+    out.update(_prefixed("neg", t.passages.rows(neg[mine], p_len)))
+    out["neg_valid"] = has_pool[mine].astype(np.int32)
     yield out
 
 
