@@ -19,6 +19,7 @@ and sorted by length per chunk and padded per bucket (after), at 128 and 256 tok
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -73,7 +74,7 @@ def main() -> None:
   import jax  # pylint: disable=import-outside-toplevel
 
   from bpr_jax import encode as enc  # pylint: disable=import-outside-toplevel
-  from bpr_jax.data.passages import first_passages, iter_passages  # pylint: disable=import-outside-toplevel
+  from bpr_jax.data.passages import iter_passages  # pylint: disable=import-outside-toplevel
   from bpr_jax.data.token_cache import (bucket_length, num_buckets,  # pylint: disable=import-outside-toplevel
                                         tokenize_passages)
   from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
@@ -136,7 +137,7 @@ def main() -> None:
           tokenize_passages(minilm_tok, [p.title for p in fixture], [p.text for p in fixture], length),
           512, args.pad_multiple)
     for name, path in sets.items():
-      sub = first_passages(path, args.docs)
+      sub = list(itertools.islice(iter_passages(path), args.docs))
       pad[f"benchmark_{name}"] = padding_fraction(
           tokenize_passages(minilm_tok, [p.title for p in sub], [p.text for p in sub], max_length),
           args.batch_size, args.pad_multiple)

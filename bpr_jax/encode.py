@@ -48,10 +48,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bpr_jax.index import (CODES_FORMAT, atomic_write_json, concat_ids, file_record,
-                           normalize_ids)
+from bpr_jax.index.codes_dir import (CHUNK_DIR, chunk_ok, chunk_path, merge_chunks, read_manifest,
+                                     shard_dir, write_chunk, write_manifest)
+from bpr_jax.io import atomic_write_json
 
-CHUNK_DIR = "chunks"
 RUN_FILE = "run.json"
 
 
@@ -62,42 +62,6 @@ def shard_range(total: int, num_shards: int, shard_index: int) -> tuple[int, int
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
   return total * shard_index // num_shards, total * (shard_index + 1) // num_shards
-
-
-def shard_output_dir(output: str | os.PathLike, num_shards: int, shard_index: int) -> pathlib.Path:
-  """``output`` itself for a single shard, else ``output/shard_{s:05d}``."""
-  out = pathlib.Path(output)
-  return out if num_shards == 1 else out / f"shard_{shard_index:05d}"
-
-
-def chunk_path(out_dir: pathlib.Path, i: int) -> pathlib.Path:
-  return out_dir / CHUNK_DIR / f"chunk_{i:05d}.npz"
-
-
-def _atomic_savez(path: pathlib.Path, **arrays: np.ndarray) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
-def _chunk_ok(path: pathlib.Path, rows: int, save_float: bool) -> bool:
-  """True when a chunk file exists, loads and holds ``rows`` passages."""
-  if not path.exists():
-    return False
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      ok = z["codes"].shape[0] == rows and z["ids"].shape[0] == rows
-      if save_float:
-        ok = ok and "embeddings" in z and z["embeddings"].shape[0] == rows
-      return bool(ok)
-  except Exception:  # pylint: disable=broad-except  # a torn or foreign file: redo it
-    return False
 
 
 # ---------------------------------------------------------------------------
@@ -249,47 +213,6 @@ def _run_config(model_path: str, passages: str, total: int, start: int, end: int
           "end": end, "chunk_size": chunk_size, "save_float": save_float, "code_bits": code_bits}
 
 
-def _finalize(out_dir: pathlib.Path, nchunks: int, nrows: int, code_bytes: int, emb_dim: int,
-              save_float: bool) -> dict[str, dict[str, Any]]:
-  """Concatenates chunk files into codes.npy / ids.npy / embeddings.npy (streamed)."""
-  names = ["codes.npy", "ids.npy"] + (["embeddings.npy"] if save_float else [])
-  tmps = {n: out_dir / f".{n}.{os.getpid()}.tmp" for n in names}
-  try:
-    codes = np.lib.format.open_memmap(tmps["codes.npy"], mode="w+", dtype=np.uint8,
-                                      shape=(nrows, code_bytes))
-    emb = None
-    if save_float:
-      emb = np.lib.format.open_memmap(tmps["embeddings.npy"], mode="w+", dtype=np.float32,
-                                      shape=(nrows, emb_dim))
-    id_parts = []
-    row = 0
-    for i in range(nchunks):
-      with np.load(chunk_path(out_dir, i), allow_pickle=False) as z:
-        c = z["codes"]
-        codes[row:row + len(c)] = c
-        if emb is not None:
-          emb[row:row + len(c)] = z["embeddings"]
-        id_parts.append(normalize_ids(z["ids"]))
-        row += len(c)
-    if row != nrows:
-      raise ValueError(f"chunks hold {row} passages, expected {nrows}")
-    codes.flush()
-    del codes
-    if emb is not None:
-      emb.flush()
-      del emb
-    with open(tmps["ids.npy"], "wb") as f:
-      np.save(f, concat_ids(id_parts), allow_pickle=False)
-    for n in names:
-      with open(tmps[n], "rb+") as f:
-        os.fsync(f.fileno())
-      os.replace(tmps[n], out_dir / n)
-  finally:
-    for t in tmps.values():
-      t.unlink(missing_ok=True)
-  return {n: file_record(out_dir / n) for n in names}
-
-
 def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.PathLike, *,
                   model_path: str | os.PathLike | None = None, batch_size: int = 512,
                   chunk_size: int = 100_000, num_shards: int = 1, shard_index: int = 0,
@@ -327,7 +250,7 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
   if not os.path.isfile(passages):
     raise FileNotFoundError(f"passage file not found: {passages}")
   model_path = str(pathlib.Path(model_path).resolve()) if model_path is not None else None
-  out_dir = shard_output_dir(output, num_shards, shard_index)
+  out_dir = shard_dir(output, num_shards, shard_index)
   total = count_passages(passages)
   start, end = shard_range(total, num_shards, shard_index)
   nrows = end - start
@@ -339,10 +262,8 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
   run = _run_config(model_path or "", passages, total, start, end, chunk_size, save_float,
                     code_bits)
 
-  manifest_file = out_dir / "manifest.json"
-  if manifest_file.exists():
-    with open(manifest_file, encoding="utf-8") as f:
-      done = json.load(f)
+  done = read_manifest(out_dir)
+  if done is not None:
     if done.get("run") == run:
       if progress:
         print(f"{out_dir}: already encoded ({done['num_passages']} passages)")
@@ -364,7 +285,7 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
   nchunks = -(-nrows // chunk_size)
   bounds = [(i, start + i * chunk_size, min(end, start + (i + 1) * chunk_size))
             for i in range(nchunks)]
-  todo = [b for b in bounds if not _chunk_ok(chunk_path(out_dir, b[0]), b[2] - b[1], save_float)]
+  todo = [b for b in bounds if not chunk_ok(chunk_path(out_dir, b[0]), b[2] - b[1], save_float)]
   done_rows = nrows - sum(hi - lo for _, lo, hi in todo)
 
   t0 = time.time()
@@ -405,10 +326,8 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
       if bar is not None:
         bar.update(n)
       if state["filled"] == size:
-        arrays = {"codes": state["codes"], "ids": np.asarray(chunk.ids, dtype=str)}
-        if save_float:
-          arrays["embeddings"] = state["embeddings"]
-        _atomic_savez(chunk_path(out_dir, chunk.index), **arrays)
+        write_chunk(chunk_path(out_dir, chunk.index), state["codes"], np.asarray(chunk.ids, dtype=str),
+                    state["embeddings"] if save_float else None)
         del acc[chunk.index]
         written += 1
         if stop_after_chunks is not None and written >= stop_after_chunks:
@@ -443,9 +362,8 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
       raise ValueError(f"chunks {sorted(acc)} were left incomplete")
 
   elapsed = time.time() - t0
-  files = _finalize(out_dir, nchunks, nrows, code_bits // 8, emb_dim, save_float)
+  files = merge_chunks(out_dir, nchunks, nrows, code_bits // 8, emb_dim, save_float)
   manifest = {
-      "format": CODES_FORMAT,
       "num_passages": nrows,
       "code_bits": code_bits,
       "code_bytes": code_bits // 8,
@@ -464,7 +382,7 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
       "passages_per_second": round((nrows - done_rows) / elapsed, 2) if elapsed > 0 else None,
       "run": run,
   }
-  atomic_write_json(manifest_file, manifest)
+  manifest = write_manifest(out_dir, manifest)
   if not keep_chunks:
     shutil.rmtree(out_dir / CHUNK_DIR, ignore_errors=True)
   return manifest
@@ -521,7 +439,7 @@ def main(argv: Sequence[str]) -> None:
     raise SystemExit(f"error: {e}") from None
   assert m is not None
   print(f"encoded {m['num_passages']} passages x {m['code_bits']} bits "
-        f"(shard {shard_index}/{num_shards}) into {shard_output_dir(f.output, num_shards, shard_index)}"
+        f"(shard {shard_index}/{num_shards}) into {shard_dir(f.output, num_shards, shard_index)}"
         f" at {m['passages_per_second']} passages/s")
 
 

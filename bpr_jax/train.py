@@ -20,7 +20,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from bpr_jax import checkpoints, codes, losses, parallel, schedules
+from bpr_jax import checkpoints, codes, io, losses, parallel, schedules
 from bpr_jax.data import pipeline
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.models import hash_layer
@@ -495,16 +495,12 @@ def save_run_info(workdir: str, config: ml_collections.ConfigDict, tokenizer: To
   """What export needs without the original paths: the config, tokenizer and architecture."""
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, "config.json.tmp"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
-  with open(os.path.join(workdir, "bert_config.json.tmp"), "w", encoding="utf-8") as f:
-    json.dump(bert.to_dict(), f, indent=2)
-  os.replace(os.path.join(workdir, "bert_config.json.tmp"), os.path.join(workdir, "bert_config.json"))
+  io.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+  io.atomic_write_json(os.path.join(workdir, "bert_config.json"), bert.to_dict(), sort_keys=False)
   tok_dir = os.path.join(workdir, "tokenizer")
   if not os.path.isdir(tok_dir):
-    tokenizer.save(tok_dir + ".tmp")
-    os.replace(tok_dir + ".tmp", tok_dir)
+    with io.atomic_directory(tok_dir) as tmp:
+      tokenizer.save(tmp)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

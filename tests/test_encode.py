@@ -1,4 +1,5 @@
 """Tests for bpr_jax.encode with a tiny random BERT on 8 fake CPU devices."""
+import itertools
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ from flax import nnx
 
 from bpr_jax import encode as enc
 from bpr_jax.codes import pack_codes
-from bpr_jax.data.passages import first_passages
+from bpr_jax.data.passages import iter_passages
 from bpr_jax.export import load_exported, save_exported
 from bpr_jax.index import BinaryIndex, build_from_codes_dir, load_codes_dir
 from bpr_jax.models.bert import BertConfig, BertEncoder
@@ -68,7 +69,7 @@ def test_encode_matches_model_and_resumes(tiny, tmp_path):
   emb = np.load(out / "embeddings.npy")
   codes = np.load(out / "codes.npy")
   ids = np.load(out / "ids.npy")
-  ps = first_passages(corpus, N_PASSAGES)
+  ps = list(itertools.islice(iter_passages(corpus), N_PASSAGES))
   assert [str(i) for i in ids] == [p.id for p in ps]
   ref = model.encode_passages([p.title for p in ps], [p.text for p in ps], batch_size=8)
   np.testing.assert_allclose(emb, ref, rtol=1e-4, atol=1e-4)
@@ -125,7 +126,7 @@ def test_encode_command(tiny, tmp_path):
 
 def test_bucketed_encode_keeps_file_order_and_the_fixed_codes(tiny, tmp_path):
   model, _, corpus = tiny
-  ps = first_passages(corpus, N_PASSAGES)
+  ps = list(itertools.islice(iter_passages(corpus), N_PASSAGES))
   mixed = tmp_path / "mixed.jsonl"  # lengths from 3 tokens to the 32 maximum, some without titles
   rng = np.random.default_rng(0)
   with open(mixed, "w", encoding="utf-8") as f:

@@ -244,11 +244,10 @@ class DprJsonSource:
     return os.path.join(os.fspath(cache_dir), f"{os.path.basename(self.path)}.{digest}.index.npz")
 
   def _save_cache(self, cache_file: str) -> None:
+    from bpr_jax.io import atomic_savez  # pylint: disable=import-outside-toplevel
     os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-    tmp = f"{cache_file}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, starts=self._starts, ends=self._ends,
-             num_skipped=np.int64(self.num_skipped), num_records=np.int64(self.num_records))
-    os.replace(tmp, cache_file)
+    atomic_savez(cache_file, starts=self._starts, ends=self._ends,
+                 num_skipped=np.int64(self.num_skipped), num_records=np.int64(self.num_records))
 
   def _scan(self, max_examples: int | None) -> None:
     starts: list[int] = []
@@ -369,9 +368,9 @@ def example_to_record(example: Example) -> dict:
 
 def write_dpr_json(path: str | os.PathLike, records: Iterator[dict] | list[dict]) -> int:
   """Writes DPR records as a JSON array via a temp file and rename; returns the count."""
-  from bpr_jax.data.examples import AtomicWriter  # pylint: disable=import-outside-toplevel
+  from bpr_jax.io import atomic_file  # pylint: disable=import-outside-toplevel
   n = 0
-  with AtomicWriter(path) as f:
+  with atomic_file(path) as f:
     f.write("[")
     for record in records:
       f.write(",\n" if n else "\n")

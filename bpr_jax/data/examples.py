@@ -9,7 +9,6 @@ from typing import Iterator
 
 import dataclasses
 import os
-import tempfile
 from typing import Protocol, runtime_checkable
 
 
@@ -99,55 +98,3 @@ def check_index(i: int, n: int) -> int:
   if not 0 <= i < n:
     raise IndexError(f"index {i} out of range for {n} examples")
   return i
-
-
-def _file_mode() -> int:
-  """Permissions a plain open() would give a new file under the current umask."""
-  mask = os.umask(0)
-  os.umask(mask)
-  return 0o666 & ~mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-  os.chmod(tmp, _file_mode())
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-class AtomicWriter:
-  """Context manager yielding a text file that replaces `path` only on success."""
-
-  def __init__(self, path: str | os.PathLike, *, newline: str | None = None):
-    self.path = os.fspath(path)
-    self._newline = newline
-    self._tmp = ""
-    self._file = None
-
-  def __enter__(self):
-    directory = os.path.dirname(os.path.abspath(self.path))
-    os.makedirs(directory, exist_ok=True)
-    fd, self._tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=directory)
-    os.chmod(self._tmp, _file_mode())
-    self._file = os.fdopen(fd, "w", encoding="utf-8", newline=self._newline)
-    return self._file
-
-  def __exit__(self, exc_type, exc, tb) -> bool:
-    assert self._file is not None
-    self._file.close()
-    if exc_type is None:
-      os.replace(self._tmp, self.path)
-    elif os.path.exists(self._tmp):
-      os.unlink(self._tmp)
-    return False

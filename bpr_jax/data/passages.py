@@ -245,7 +245,3 @@ def _tsv_has_header(path: str) -> bool:
   except ValueError:
     return True  # a malformed header is still a header line; iter_passages reports it
 
-
-def first_passages(path: str | os.PathLike, n: int) -> list[Passage]:
-  """The first `n` passages of a file (for tests and quick looks)."""
-  return list(itertools.islice(iter_passages(path), n))

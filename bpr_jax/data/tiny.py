@@ -20,7 +20,7 @@ import os
 import random
 from typing import Sequence
 
-from bpr_jax.data.examples import AtomicWriter
+from bpr_jax.io import atomic_file
 
 COLORS = ("red", "blue", "green", "yellow", "black", "white", "orange", "purple", "brown", "gray",
           "pink", "golden")
@@ -108,7 +108,7 @@ def _questions(rng: random.Random, entities: Sequence[dict], count: int, banned:
 
 
 def _write_json(path: str, records: list[dict]) -> None:
-  with AtomicWriter(path) as f:
+  with atomic_file(path) as f:
     json.dump(records, f, indent=1)
     f.write("\n")
 
@@ -143,12 +143,12 @@ def make_tiny_dataset(out_dir: str | os.PathLike, *, seed: int = 0, num_train: i
   }
   _write_json(paths["train"], train)
   _write_json(paths["dev"], dev)
-  with AtomicWriter(paths["passages"], newline="") as f:
+  with atomic_file(paths["passages"], newline="") as f:
     writer = csv.writer(f, delimiter="\t", lineterminator="\n")
     writer.writerow(["id", "text", "title"])
     for e in entities:
       writer.writerow([e["id"], _passage_text(e), e["name"]])
-  with AtomicWriter(paths["qas"], newline="") as f:
+  with atomic_file(paths["qas"], newline="") as f:
     for r in dev:
       f.write(f"{r['question']}\t{r['answers']!r}\n")
 
@@ -164,9 +164,9 @@ def make_tiny_dataset(out_dir: str | os.PathLike, *, seed: int = 0, num_train: i
   words.update(".?,;:")
   vocab = list(_SPECIAL_TOKENS) + sorted(words - set(_SPECIAL_TOKENS))
   os.makedirs(paths["vocab_dir"], exist_ok=True)
-  with AtomicWriter(os.path.join(paths["vocab_dir"], "vocab.txt")) as f:
+  with atomic_file(os.path.join(paths["vocab_dir"], "vocab.txt")) as f:
     f.write("\n".join(vocab) + "\n")
-  with AtomicWriter(os.path.join(paths["vocab_dir"], "tokenizer_config.json")) as f:
+  with atomic_file(os.path.join(paths["vocab_dir"], "tokenizer_config.json")) as f:
     json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer", "model_max_length": 512,
                "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                "cls_token": "[CLS]", "mask_token": "[MASK]"}, f, indent=1)
