@@ -22,7 +22,7 @@ from flax import nnx
 
 from bpr_jax import checkpoints, losses, parallel, schedules
 from bpr_jax.data import pipeline
-from bpr_jax.models.bert import BertConfig, BertEncoder
+from bpr_jax.models.bert import ATTENTION_IMPLS, BertConfig, BertEncoder
 from bpr_jax.models.biencoder import BiEncoder, tokens_of
 from bpr_jax.tokenization import Tokenizer
 
@@ -49,6 +49,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.model.init in ("hf", "random"), f"model.init must be 'hf' or 'random', got {config.model.init!r}")
   check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
   check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
+  check(config.model.get("attention", "auto") in ATTENTION_IMPLS,
+        f"model.attention must be one of {ATTENTION_IMPLS}, got {config.model.get('attention')!r}")
   check(config.model.param_sharding in parallel.PARAM_RULES,
         f"model.param_sharding must be one of {parallel.PARAM_RULES}, got {config.model.param_sharding!r}")
   if config.model.init == "hf":
@@ -124,11 +126,20 @@ def bert_config_of(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> B
   return BertConfig.from_dict(arch)
 
 
-def _with_dropout(bert: BertConfig, dropout: float) -> BertConfig:
-  if dropout < 0:
+def _with_dropout(bert: BertConfig, dropout: float, attention_dropout: float | None = None) -> BertConfig:
+  """`bert` with hidden dropout `dropout` and attention dropout `attention_dropout`.
+
+  A negative `dropout` keeps the hidden rate; a negative (or None) `attention_dropout`
+  follows `dropout` (or keeps the checkpoint's attention rate when both are negative).
+  """
+  rates = {}
+  if dropout >= 0:
+    rates["hidden_dropout_prob"] = rates["attention_probs_dropout_prob"] = dropout
+  if attention_dropout is not None and attention_dropout >= 0:
+    rates["attention_probs_dropout_prob"] = attention_dropout
+  if not rates:
     return bert
-  return BertConfig.from_dict({**bert.to_dict(), "hidden_dropout_prob": dropout,
-                               "attention_probs_dropout_prob": dropout})
+  return BertConfig.from_dict({**bert.to_dict(), **rates})
 
 
 def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
@@ -140,7 +151,7 @@ def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> 
     bert = BertConfig.from_json(path)
   else:
     bert = bert_config_of(config, tokenizer)
-  return _with_dropout(bert, config.model.dropout)
+  return _with_dropout(bert, config.model.dropout, config.model.get("attention_dropout", None))
 
 
 def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load_weights: bool,
@@ -151,7 +162,8 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
 
   def make(seed: int) -> BertEncoder:
     return BertEncoder(bert, pooling=config.model.pooling, dtype=dtype, remat=config.model.remat,
-                       rngs=nnx.Rngs(seed))
+                       attention=config.model.get("attention", "auto"),
+                       scan_layers=config.model.get("scan_layers", False), rngs=nnx.Rngs(seed))
 
   def init():
     q = make(config.seed)
@@ -332,26 +344,59 @@ def _format_eta(seconds: float) -> str:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """SIGTERM (preemption) as a stop decision that all processes take at the same step.
 
-  def __init__(self):
+  No collective runs per step. With several processes and JAX's preemption service (on by
+  default in `jax.distributed.initialize`), the service catches SIGTERM on any process and
+  agrees on one step; `multihost_utils.reached_preemption_sync_point(step)` is a local call
+  that turns true at that step on every process. Otherwise a Python SIGTERM handler sets a
+  local flag: one process reads it every step; several combine their flags
+  (`parallel.any_process`) only at `sync` steps (log and checkpoint steps, the same on all).
+  """
+
+  def __init__(self, start_step: int):
     self.requested = False
     self._previous = None
+    self._installed = False
+    self._service = False
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        multihost_utils.reached_preemption_sync_point(start_step)
+        self._service = True
+      except RuntimeError:  # jax.distributed without the preemption service
+        self._service = False
 
   def __enter__(self):
+    if self._service:  # the service's own SIGTERM handler must stay in place
+      logging.info("preemption: JAX preemption service (sync point checked every step)")
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
     except ValueError:  # not the main thread
       self._previous = None
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint after this step and exiting")
+    logging.warning("SIGTERM received: saving a checkpoint and exiting")
     self.requested = True
 
+  def should_stop(self, step: int, sync: bool) -> bool:
+    """Whether to checkpoint and stop after `step` (every process gets the same answer)."""
+    if self._service:
+      from jax.experimental import multihost_utils
+      stop = multihost_utils.reached_preemption_sync_point(step)
+      if stop:
+        logging.warning("preemption notice: all processes stop at step %d", step)
+      return stop
+    if jax.process_count() == 1:
+      return self.requested
+    return sync and parallel.any_process(self.requested)
+
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
     return False
 
 
@@ -438,14 +483,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   step = start
   try:
-    with _Preemption() as preemption:
+    with _Preemption(start) as preemption:
       for step_index, local in batches.iterate(start, total_steps, prefetch=config.prefetch):
         batch = parallel.global_batch(local, mesh)
         state, metrics = train_step(state, batch, rng)
         pending.append(metrics)
         step = step_index + 1
         is_last = step == total_steps
-        if step % config.log_every == 0 or is_last:
+        is_log_step = step % config.log_every == 0 or is_last
+        stop = preemption.should_stop(step, sync=is_log_step or ckpt.should_save(step))
+        if is_log_step:
           last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)
           pending, t_last, step_last = [], time.time(), step
         if dev_source is not None and config.eval_every > 0 and (step % config.eval_every == 0 or is_last):
@@ -461,7 +508,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             logging.info("step %d: dev average rank %.3f (%d questions, %d passages)", step,
                          dev["dev_avg_rank"], dev["dev_questions"], dev["dev_passages"])
             last.update(dev)
-        stop = parallel.any_process(preemption.requested)
         if ckpt.should_save(step) or is_last or stop:
           if pending:  # never checkpoint parameters that came from a NaN loss
             last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)

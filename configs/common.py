@@ -38,6 +38,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.shared_encoder = False
   c.model.remat = False
   c.model.dropout = 0.1          # < 0 keeps the checkpoint's own rates
+  # Attention-probability dropout. 0 (default) lets attention run as one fused
+  # jax.nn.dot_product_attention (cuDNN flash attention on GPU in bfloat16); > 0 needs the
+  # 'manual' einsum/softmax path; < 0 follows model.dropout (BERT's own recipe).
+  c.model.attention_dropout = 0.0
+  c.model.attention = "auto"     # 'auto' | 'manual' | 'xla' | 'cudnn' (bpr_jax/models/bert.py)
+  c.model.scan_layers = True     # layers as one lax.scan (faster compiles; same parameter tree)
   c.model.param_sharding = "replicated"  # or 'fsdp'
   c.model.bert = ml_collections.ConfigDict(dict(
       vocab_size=0, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
