@@ -219,16 +219,28 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
 
 
 def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, beta, alpha: float,
-                 cand_reduction: str, deterministic: bool, dropout_rng) -> losses.LossOutput:
-  """Encodes the global batch and returns the BPR or DPR loss (the single place both share)."""
+                 cand_reduction: str, deterministic: bool, dropout_rng,
+                 fuse_passages: bool = True, num_shards: int | None = None) -> losses.LossOutput:
+  """Encodes the global batch and returns the BPR or DPR loss (the single place both share).
+
+  `fuse_passages`: positives and hard negatives go through the passage encoder as one batch
+  (one forward, bigger matmuls); `num_shards` (default: all devices) keeps that batch's rows
+  on the devices that hold them.
+  """
   kq = kp = kn = None
   if not deterministic:
     kq, kp, kn = jax.random.split(dropout_rng, 3)
   q = biencoder.encode_questions(params, tokens_of(batch, "q"), deterministic=deterministic, dropout_rng=kq)
-  pos = biencoder.encode_passages(params, tokens_of(batch, "pos"), deterministic=deterministic, dropout_rng=kp)
   neg = None
-  if "neg_input_ids" in batch:
-    neg = biencoder.encode_passages(params, tokens_of(batch, "neg"), deterministic=deterministic, dropout_rng=kn)
+  if fuse_passages and "neg_input_ids" in batch:
+    pos, neg = biencoder.encode_passage_groups(
+        params, [tokens_of(batch, "pos"), tokens_of(batch, "neg")],
+        num_shards=jax.device_count() if num_shards is None else num_shards,
+        deterministic=deterministic, dropout_rng=kp)
+  else:
+    pos = biencoder.encode_passages(params, tokens_of(batch, "pos"), deterministic=deterministic, dropout_rng=kp)
+    if "neg_input_ids" in batch:
+      neg = biencoder.encode_passages(params, tokens_of(batch, "neg"), deterministic=deterministic, dropout_rng=kn)
   if mode == "bpr":
     return losses.bpr_loss(q, pos, neg, beta, alpha=alpha, cand_reduction=cand_reduction)
   return losses.dpr_loss(q, pos, neg)
@@ -238,6 +250,7 @@ def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collection
   """The un-jitted train step: (state, batch, rng) -> (state, metrics)."""
   mode, alpha, gamma = config.mode, config.loss.alpha, config.loss.gamma
   reduction = config.loss.cand_reduction
+  fuse_passages = config.model.get("fuse_passages", True)
 
   def train_step(state, batch, rng):
     step = state["step"]
@@ -246,7 +259,7 @@ def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collection
 
     def loss_fn(params):
       out = compute_loss(biencoder, params, batch, mode=mode, beta=beta, alpha=alpha, cand_reduction=reduction,
-                         deterministic=False, dropout_rng=dropout_rng)
+                         deterministic=False, dropout_rng=dropout_rng, fuse_passages=fuse_passages)
       return out.loss, out
 
     (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])

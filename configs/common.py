@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 'manual' einsum/softmax path; < 0 follows model.dropout (BERT's own recipe).
   c.model.attention_dropout = 0.0
   c.model.attention = "auto"     # 'auto' | 'manual' | 'xla' | 'cudnn' (bpr_jax/models/bert.py)
+  c.model.fuse_passages = True   # positives and hard negatives in one passage-encoder forward
   c.model.scan_layers = True     # layers as one lax.scan (faster compiles; same parameter tree)
   c.model.param_sharding = "replicated"  # or 'fsdp'
   c.model.bert = ml_collections.ConfigDict(dict(
