@@ -6,17 +6,20 @@ all-MiniLM-L6-v2 (from $BPR_SHARED_DIR/models), float32, on the same fixed rando
 (--batch questions of --q_len tokens, their positives and --negatives hard negatives each of
 --p_len tokens, every attention-mask entry 1). Variants differ only in config values:
 
-  before            the previous defaults: einsum/softmax attention with attention dropout
-                    0.1, layers unrolled, positives and negatives in two passage forwards
-  no_attn_dropout   before, attention_dropout=0
-  dpa               + jax.nn.dot_product_attention (model.attention='auto' -> 'xla' on CPU)
-  fused             + one passage forward over positives and negatives (model.fuse_passages)
-  after             + layers scanned (model.scan_layers): the new defaults
-  after_no_dropout  after with every dropout off (what dropout's random numbers still cost)
+  before                  the previous defaults: einsum/softmax attention ('manual') with
+                          attention dropout 0.1, layers unrolled, positives and negatives in
+                          two passage forwards
+  manual_no_attn_dropout  before with attention_dropout=0 (what its random numbers cost)
+  after                   the new defaults: attention_dropout=0, jax.nn.dot_product_attention
+                          (model.attention='auto' -> 'xla' on CPU)
+  after_fused             after + one passage forward over positives and negatives
+  after_scan              after + layers scanned (model.scan_layers): its compile time
+  after_no_dropout        after with every dropout off (what hidden dropout still costs)
 
-Each variant is traced, lowered and compiled (timed: `compile_s` = trace + lower + XLA compile;
-a fresh jit per variant, so nothing is cached), run for --warmup steps, then the timed steps
-alternate between variants round by round (A B C .. A B C ..), and the medians are reported.
+Each variant is traced, lowered and compiled (timed: `compile_s` = trace + lower + XLA compile,
+with a fresh jit each time, so nothing is cached), and run for --warmup steps; the --recompile
+variants are then compiled again, --compile_rounds in all, alternating; then the timed steps
+alternate between variants round by round (A B C .. A B C ..). Medians are reported.
 
   OPENBLAS_NUM_THREADS=1 python benchmarks/train_step_speed.py
   python benchmarks/train_step_speed.py --variants=before,after --rounds=3
@@ -49,11 +52,13 @@ BEFORE = {"model.attention": "manual", "model.attention_dropout": -1.0, "model.s
           "model.fuse_passages": False}
 VARIANTS = {
     "before": BEFORE,
-    "no_attn_dropout": {**BEFORE, "model.attention_dropout": 0.0},
-    "dpa": {**BEFORE, "model.attention_dropout": 0.0, "model.attention": "auto"},
-    "fused": {**BEFORE, "model.attention_dropout": 0.0, "model.attention": "auto", "model.fuse_passages": True},
-    "after": {},
-    "after_no_dropout": {"model.dropout": 0.0},
+    "manual_no_attn_dropout": {**BEFORE, "model.attention_dropout": 0.0},
+    "after": {"model.attention": "auto", "model.attention_dropout": 0.0, "model.scan_layers": False,
+              "model.fuse_passages": False},
+    "after_fused": {"model.attention_dropout": 0.0, "model.scan_layers": False, "model.fuse_passages": True},
+    "after_scan": {"model.attention_dropout": 0.0, "model.scan_layers": True, "model.fuse_passages": False},
+    "after_no_dropout": {"model.dropout": 0.0, "model.attention_dropout": 0.0, "model.scan_layers": False,
+                         "model.fuse_passages": False},
 }
 
 
@@ -114,22 +119,30 @@ class Variant:
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.jit(tx.init)(params)}
     state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = jax.jit(train.make_train_step(biencoder, tx, lr, config),
-                      in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-                      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+
+    def make_jit():  # a fresh jit each time: nothing traced or compiled is reused
+      return jax.jit(train.make_train_step(biencoder, tx, lr, config),
+                     in_shardings=(shardings, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+                     out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+    self._make_jit = make_jit
     self.batch = parallel.global_batch(
         random_batch(np.random.default_rng(0), bert.vocab_size, args.batch, args.q_len, args.p_len,
                      args.negatives), mesh)
     self.rng = jax.random.key(config.seed)
-    t0 = time.perf_counter()
-    lowered = step_fn.lower(state, self.batch, self.rng)
-    t1 = time.perf_counter()
-    self.compiled = lowered.compile()
-    t2 = time.perf_counter()
-    self.trace_lower_s, self.xla_compile_s = t1 - t0, t2 - t1
     self.state = state
+    self.compiles: list[tuple[float, float]] = []
+    self.compiled = self.compile()
     self.times: list[float] = []
     self.loss = float("nan")
+
+  def compile(self):
+    """Traces, lowers and compiles a fresh jit of the step; records (trace+lower s, compile s)."""
+    t0 = time.perf_counter()
+    lowered = self._make_jit().lower(self.state, self.batch, self.rng)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    self.compiles.append((t1 - t0, time.perf_counter() - t1))
+    return compiled
 
   def step(self) -> float:
     t = time.perf_counter()
@@ -144,8 +157,10 @@ class Variant:
             "attention": self.config.model.attention, "attention_dropout": self.bert.attention_probs_dropout_prob,
             "hidden_dropout": self.bert.hidden_dropout_prob, "scan_layers": self.config.model.scan_layers,
             "fuse_passages": self.config.model.fuse_passages,
-            "compile_s": round(self.trace_lower_s + self.xla_compile_s, 2),
-            "trace_lower_s": round(self.trace_lower_s, 2), "xla_compile_s": round(self.xla_compile_s, 2),
+            "compile_s": round(statistics.median(a + b for a, b in self.compiles), 2),
+            "trace_lower_s": round(statistics.median(a for a, _ in self.compiles), 2),
+            "xla_compile_s": round(statistics.median(b for _, b in self.compiles), 2),
+            "compile_s_all": [round(a + b, 2) for a, b in self.compiles],
             "step_s_median": round(statistics.median(self.times), 4),
             "step_s_min": round(min(self.times), 4), "step_s_max": round(max(self.times), 4),
             "step_s_all": [round(t, 4) for t in self.times], "final_loss": round(self.loss, 5)}
@@ -171,6 +186,10 @@ def main(argv=None) -> None:
   p.add_argument("--negatives", type=int, default=1)
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--rounds", type=int, default=3, help="timed steps per variant, alternating")
+  p.add_argument("--compile_rounds", type=int, default=3,
+                 help="compiles per --recompile variant (the first one included), alternating")
+  p.add_argument("--recompile", default="before,after,after_scan",
+                 help="variants whose compile is repeated (the others are compiled once)")
   p.add_argument("--output", default=str(RESULTS))
   p.add_argument("--note", default="")
   args = p.parse_args(argv)
@@ -183,10 +202,15 @@ def main(argv=None) -> None:
   for name in names:
     print(f"{name}: compiling ...", flush=True)
     v = Variant(name, args, VARIANTS[name])
-    print(f"{name}: compile {v.trace_lower_s + v.xla_compile_s:.1f}s (trace+lower {v.trace_lower_s:.1f}s)", flush=True)
+    print(f"{name}: compile {sum(v.compiles[-1]):.1f}s (trace+lower {v.compiles[-1][0]:.1f}s)", flush=True)
     for _ in range(args.warmup):
       v.step()
     variants.append(v)
+  recompile = [v for v in variants if v.name in args.recompile.split(",")]
+  for r in range(1, args.compile_rounds):
+    for v in recompile:
+      v.compile()
+      print(f"compile round {r}: {v.name} {sum(v.compiles[-1]):.1f}s", flush=True)
   for r in range(args.rounds):
     for v in variants:
       v.times.append(v.step())
@@ -198,6 +222,7 @@ def main(argv=None) -> None:
       "benchmark": "train_step_speed", "model": "all-MiniLM-L6-v2", "mode": "bpr", "dtype": "float32",
       "batch": args.batch, "question_length": args.q_len, "passage_length": args.p_len,
       "num_hard_negatives": args.negatives, "warmup_steps": args.warmup, "rounds": args.rounds,
+      "compile_rounds": args.compile_rounds, "recompile": args.recompile,
       "jax_version": jax.__version__, "backend": jax.default_backend(),
       "device_count": jax.device_count(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
       "load_average": os.getloadavg(),

@@ -220,7 +220,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
 
 def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, beta, alpha: float,
                  cand_reduction: str, deterministic: bool, dropout_rng,
-                 fuse_passages: bool = True, num_shards: int | None = None) -> losses.LossOutput:
+                 fuse_passages: bool = False, num_shards: int | None = None) -> losses.LossOutput:
   """Encodes the global batch and returns the BPR or DPR loss (the single place both share).
 
   `fuse_passages`: positives and hard negatives go through the passage encoder as one batch
@@ -250,7 +250,7 @@ def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collection
   """The un-jitted train step: (state, batch, rng) -> (state, metrics)."""
   mode, alpha, gamma = config.mode, config.loss.alpha, config.loss.gamma
   reduction = config.loss.cand_reduction
-  fuse_passages = config.model.get("fuse_passages", True)
+  fuse_passages = config.model.get("fuse_passages", False)
 
   def train_step(state, batch, rng):
     step = state["step"]

@@ -43,8 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 'manual' einsum/softmax path; < 0 follows model.dropout (BERT's own recipe).
   c.model.attention_dropout = 0.0
   c.model.attention = "auto"     # 'auto' | 'manual' | 'xla' | 'cudnn' (bpr_jax/models/bert.py)
-  c.model.fuse_passages = True   # positives and hard negatives in one passage-encoder forward
-  c.model.scan_layers = True     # layers as one lax.scan (faster compiles; same parameter tree)
+  # Positives and hard negatives in one passage-encoder forward (off: slower on CPU, see
+  # benchmarks/results/train_step_speed.json; unmeasured on GPU).
+  c.model.fuse_passages = False
+  # Layers as one lax.scan (same parameter tree). Off: on CPU it did not cut MiniLM's
+  # train-step compile time (benchmarks/train_step_speed.py).
+  c.model.scan_layers = False
   c.model.param_sharding = "replicated"  # or 'fsdp'
   c.model.bert = ml_collections.ConfigDict(dict(
       vocab_size=0, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
