@@ -46,7 +46,8 @@ POOLINGS = ("cls", "mean")
 # 'manual': einsum + softmax (+ attention-probability dropout); 'xla': jax.nn.dot_product_attention
 # with a padding mask; 'cudnn': jax.nn.dot_product_attention(implementation='cudnn') (GPU flash
 # attention; padding as key lengths, so real tokens must come first: right padding); 'auto':
-# 'manual' while attention dropout is active, else 'cudnn' on GPU in bfloat16/float16, else 'xla'.
+# 'manual' while attention dropout is active, else 'cudnn' on GPU in bfloat16/float16, 'manual'
+# on CPU (measured faster there than 'xla': benchmarks/results/train_step_speed.json), else 'xla'.
 ATTENTION_IMPLS = ("auto", "manual", "xla", "cudnn")
 # Added to the attention scores of padding keys (scores are float32).
 MASK_BIAS = -1e9
@@ -187,9 +188,10 @@ class BertSelfAttention(nnx.Module):
     if self.attention == "auto":
       if dropout_on:
         return "manual"
-      if jax.default_backend() == "gpu" and jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16):
+      backend = jax.default_backend()
+      if backend == "gpu" and jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
-      return "xla"
+      return "manual" if backend == "cpu" else "xla"
     if dropout_on and self.attention != "manual":
       raise ValueError(f"attention {self.attention!r} has no attention-probability dropout; set "
                        f"attention_probs_dropout_prob to 0 (model.attention_dropout=0) or use "
