@@ -22,8 +22,8 @@ from flax import nnx
 
 from bpr_jax import checkpoints, codes, io, losses, parallel, schedules
 from bpr_jax.data import pipeline
-from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.models import hash_layer
+from bpr_jax.models.bert import ATTENTION_IMPLS, BertConfig, BertEncoder
 from bpr_jax.models.biencoder import BiEncoder, tokens_of
 from bpr_jax.tokenization import Tokenizer
 
@@ -56,6 +56,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
   check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
   check(config.model.code_bits >= 0, f"model.code_bits must be >= 0 (0: no code head), got {config.model.code_bits}")
+  check(config.model.get("attention", "auto") in ATTENTION_IMPLS,
+        f"model.attention must be one of {ATTENTION_IMPLS}, got {config.model.get('attention')!r}")
   check(config.model.param_sharding in parallel.PARAM_RULES,
         f"model.param_sharding must be one of {parallel.PARAM_RULES}, got {config.model.param_sharding!r}")
   if config.model.init == "hf":
@@ -143,11 +145,20 @@ def bert_config_of(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> B
   return BertConfig.from_dict(arch)
 
 
-def _with_dropout(bert: BertConfig, dropout: float) -> BertConfig:
-  if dropout < 0:
+def _with_dropout(bert: BertConfig, dropout: float, attention_dropout: float | None = None) -> BertConfig:
+  """`bert` with hidden dropout `dropout` and attention dropout `attention_dropout`.
+
+  A negative `dropout` keeps the hidden rate; a negative (or None) `attention_dropout`
+  follows `dropout` (or keeps the checkpoint's attention rate when both are negative).
+  """
+  rates = {}
+  if dropout >= 0:
+    rates["hidden_dropout_prob"] = rates["attention_probs_dropout_prob"] = dropout
+  if attention_dropout is not None and attention_dropout >= 0:
+    rates["attention_probs_dropout_prob"] = attention_dropout
+  if not rates:
     return bert
-  return BertConfig.from_dict({**bert.to_dict(), "hidden_dropout_prob": dropout,
-                               "attention_probs_dropout_prob": dropout})
+  return BertConfig.from_dict({**bert.to_dict(), **rates})
 
 
 def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
@@ -160,7 +171,7 @@ def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> 
     bert = BertConfig.from_json(path)
   else:
     bert = bert_config_of(config, tokenizer)
-  return _with_dropout(bert, config.model.dropout)
+  return _with_dropout(bert, config.model.dropout, config.model.get("attention_dropout", None))
 
 
 def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load_weights: bool,
@@ -172,7 +183,9 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
 
   def make(seed: int) -> BertEncoder:
     return BertEncoder(bert, pooling=config.model.pooling, dtype=dtype, remat=config.model.remat,
-                       code_bits=code_bits, rngs=nnx.Rngs(seed))
+                       attention=config.model.get("attention", "auto"),
+                       scan_layers=config.model.get("scan_layers", False), code_bits=code_bits,
+                       rngs=nnx.Rngs(seed))
 
   def init():
     q = make(config.seed)
@@ -243,16 +256,28 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
 
 def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, beta, alpha: float,
                  cand_reduction: str, deterministic: bool, dropout_rng, relaxation: str = "tanh",
-                 cand_loss: str = "margin", terms: str = "both") -> losses.LossOutput:
-  """Encodes the global batch and returns the BPR or DPR loss (the single place both share)."""
+                 cand_loss: str = "margin", terms: str = "both", fuse_passages: bool = False,
+                 num_shards: int | None = None) -> losses.LossOutput:
+  """Encodes the global batch and returns the BPR or DPR loss (the single place both share).
+
+  `fuse_passages`: positives and hard negatives go through the passage encoder as one batch
+  (one forward, bigger matmuls); `num_shards` (default: all devices) keeps that batch's rows
+  on the devices that hold them.
+  """
   kq = kp = kn = None
   if not deterministic:
     kq, kp, kn = jax.random.split(dropout_rng, 3)
   q = biencoder.encode_questions(params, tokens_of(batch, "q"), deterministic=deterministic, dropout_rng=kq)
-  pos = biencoder.encode_passages(params, tokens_of(batch, "pos"), deterministic=deterministic, dropout_rng=kp)
   neg = None
-  if "neg_input_ids" in batch:
-    neg = biencoder.encode_passages(params, tokens_of(batch, "neg"), deterministic=deterministic, dropout_rng=kn)
+  if fuse_passages and "neg_input_ids" in batch:
+    pos, neg = biencoder.encode_passage_groups(
+        params, [tokens_of(batch, "pos"), tokens_of(batch, "neg")],
+        num_shards=jax.device_count() if num_shards is None else num_shards,
+        deterministic=deterministic, dropout_rng=kp)
+  else:
+    pos = biencoder.encode_passages(params, tokens_of(batch, "pos"), deterministic=deterministic, dropout_rng=kp)
+    if "neg_input_ids" in batch:
+      neg = biencoder.encode_passages(params, tokens_of(batch, "neg"), deterministic=deterministic, dropout_rng=kn)
   if mode == "bpr":
     return losses.bpr_loss(q, pos, neg, beta, alpha=alpha, cand_reduction=cand_reduction,
                            relaxation=relaxation, cand_loss=cand_loss, terms=terms)
@@ -270,7 +295,8 @@ def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collection
   """The un-jitted train step: (state, batch, rng) -> (state, metrics)."""
   mode, alpha = config.mode, config.loss.alpha
   reduction = config.loss.cand_reduction
-  options = dict(relaxation=config.loss.relaxation, cand_loss=config.loss.cand_loss, terms=config.loss.terms)
+  options = dict(relaxation=config.loss.relaxation, cand_loss=config.loss.cand_loss, terms=config.loss.terms,
+                 fuse_passages=config.model.get("fuse_passages", False))
   beta_of = make_beta_schedule(config, total_steps)
 
   def train_step(state, batch, rng):
@@ -386,26 +412,59 @@ def _format_eta(seconds: float) -> str:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """SIGTERM (preemption) as a stop decision that all processes take at the same step.
 
-  def __init__(self):
+  No collective runs per step. With several processes and JAX's preemption service (on by
+  default in `jax.distributed.initialize`), the service catches SIGTERM on any process and
+  agrees on one step; `multihost_utils.reached_preemption_sync_point(step)` is a local call
+  that turns true at that step on every process. Otherwise a Python SIGTERM handler sets a
+  local flag: one process reads it every step; several combine their flags
+  (`parallel.any_process`) only at `sync` steps (log and checkpoint steps, the same on all).
+  """
+
+  def __init__(self, start_step: int):
     self.requested = False
     self._previous = None
+    self._installed = False
+    self._service = False
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        multihost_utils.reached_preemption_sync_point(start_step)
+        self._service = True
+      except RuntimeError:  # jax.distributed without the preemption service
+        self._service = False
 
   def __enter__(self):
+    if self._service:  # the service's own SIGTERM handler must stay in place
+      logging.info("preemption: JAX preemption service (sync point checked every step)")
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
     except ValueError:  # not the main thread
       self._previous = None
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint after this step and exiting")
+    logging.warning("SIGTERM received: saving a checkpoint and exiting")
     self.requested = True
 
+  def should_stop(self, step: int, sync: bool) -> bool:
+    """Whether to checkpoint and stop after `step` (every process gets the same answer)."""
+    if self._service:
+      from jax.experimental import multihost_utils
+      stop = multihost_utils.reached_preemption_sync_point(step)
+      if stop:
+        logging.warning("preemption notice: all processes stop at step %d", step)
+      return stop
+    if jax.process_count() == 1:
+      return self.requested
+    return sync and parallel.any_process(self.requested)
+
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
     return False
 
 
@@ -417,7 +476,8 @@ class _Preemption:
 # num_epochs only when num_train_steps <= 0 (it is then what sets the total steps).
 # Not listed, free to change on resume: log_every, eval_every, eval_max_examples,
 # checkpoint_every, keep_checkpoints, async_checkpoints, prefetch (bookkeeping); model.remat
-# (recomputes activations, same values); model.param_sharding (layout only; the checkpoint is
+# (recomputes activations, same values); model.attention and model.scan_layers (the same
+# function computed another way, same parameter tree); model.param_sharding (layout only; the checkpoint is
 # restored onto the new shardings); data.dev_path, data.dev_split, data.dev_hard_negatives_json
 # (validation only); data.pad_multiple (batch shapes only: padding is masked),
 # data.token_cache_dir (where token ids are kept).  tests/test_train.py checks that every field of configs/common.py is either
@@ -425,7 +485,7 @@ class _Preemption:
 RESUME_FIELDS = (
     "mode", "seed", "batch_size", "num_train_steps", "num_epochs",
     "model.init", "model.hf_dir", "model.bert", "model.pooling", "model.dtype", "model.shared_encoder",
-    "model.dropout", "model.code_bits",
+    "model.dropout", "model.attention_dropout", "model.fuse_passages", "model.code_bits",
     "data.source", "data.train_path", "data.beir_dir", "data.train_split", "data.hard_negatives_json",
     "data.tfds_name", "data.tfds_data_dir", "data.tokenizer_dir", "data.question_max_length",
     "data.passage_max_length", "data.num_hard_negatives", "data.shuffle_positives", "data.skip_invalid",
@@ -437,7 +497,8 @@ RESUME_FIELDS = (
 )
 RESUME_FREE = (
     "log_every", "eval_every", "eval_max_examples", "checkpoint_every", "keep_checkpoints",
-    "async_checkpoints", "prefetch", "model.remat", "model.param_sharding", "data.dev_path",
+    "async_checkpoints", "prefetch", "model.remat", "model.param_sharding", "model.attention",
+    "model.scan_layers", "data.dev_path",
     "data.dev_split", "data.dev_hard_negatives_json", "data.pad_multiple", "data.token_cache_dir",
 )
 _ABSENT = "<absent>"
@@ -571,14 +632,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   step = start
   try:
-    with _Preemption() as preemption:
+    with _Preemption(start) as preemption:
       for step_index, local in batches.iterate(start, total_steps, prefetch=config.prefetch):
         batch = parallel.global_batch(local, mesh)
         state, metrics = train_step(state, batch, rng)
         pending.append(metrics)
         step = step_index + 1
         is_last = step == total_steps
-        if step % config.log_every == 0 or is_last:
+        is_log_step = step % config.log_every == 0 or is_last
+        stop = preemption.should_stop(step, sync=is_log_step or ckpt.should_save(step))
+        if is_log_step:
           last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)
           pending, t_last, step_last = [], time.time(), step
         if dev_source is not None and config.eval_every > 0 and (step % config.eval_every == 0 or is_last):
@@ -597,7 +660,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             logging.info("step %d: dev average rank %.3f (%d questions, %d passages)", step,
                          dev["dev_avg_rank"], dev["dev_questions"], dev["dev_passages"])
             last.update(dev)
-        stop = parallel.any_process(preemption.requested)
         if ckpt.should_save(step) or is_last or stop:
           if pending:  # never checkpoint parameters that came from a NaN loss
             last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)

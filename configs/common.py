@@ -37,6 +37,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.shared_encoder = False
   c.model.remat = False
   c.model.dropout = 0.1          # < 0 keeps the checkpoint's own rates
+  # Attention-probability dropout. < 0 (default) follows model.dropout, BERT's and the paper's
+  # recipe, and runs the 'manual' einsum/softmax path. 0 lets model.attention='auto' run
+  # jax.nn.dot_product_attention (cuDNN flash attention on GPU in bfloat16; XLA on TPU; the
+  # einsum path on CPU, where it measured faster) and cut a MiniLM CPU step 1.55x
+  # (benchmarks/results/train_step_speed.json); it changes the recipe, so it is opt-in.
+  c.model.attention_dropout = -1.0
+  c.model.attention = "auto"     # 'auto' | 'manual' | 'xla' | 'cudnn' (bpr_jax/models/bert.py)
+  # Positives and hard negatives in one passage-encoder forward (off: slower on CPU, see
+  # benchmarks/results/train_step_speed.json; unmeasured on GPU).
+  c.model.fuse_passages = False
+  # Layers as one lax.scan (same parameter tree). Off: on CPU it did not cut MiniLM's
+  # train-step compile time (benchmarks/train_step_speed.py).
+  c.model.scan_layers = False
   c.model.param_sharding = "replicated"  # or 'fsdp'
   c.model.code_bits = 0          # 0: the code is the pooled vector (paper); N > 0: dense + LayerNorm to N dims
   c.model.bert = ml_collections.ConfigDict(dict(

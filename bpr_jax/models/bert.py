@@ -8,6 +8,10 @@ Dropout takes its randomness from an explicit `dropout_rng` key, so the
 module's state holds nothing but `nnx.Param` variables and
 `nnx.split(model)` gives `(graphdef, params)`.
 
+Attention logits and softmax are float32 whatever the compute dtype. With `scan_layers=True`
+the layers run as one `jax.lax.scan` over their parameters stacked at trace time (one layer
+body to compile instead of `num_hidden_layers`); the parameter tree stays per layer.
+
 Parameter tree (paths of `nnx.state(model)`):
 
   embeddings.word_embeddings.embedding        [vocab, hidden]
@@ -45,6 +49,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
 }
 POOLINGS = ("cls", "mean")
+# 'manual': einsum + softmax (+ attention-probability dropout); 'xla': jax.nn.dot_product_attention
+# with a padding mask; 'cudnn': jax.nn.dot_product_attention(implementation='cudnn') (GPU flash
+# attention; padding as key lengths, so real tokens must come first: right padding); 'auto':
+# 'manual' while attention dropout is active, else 'cudnn' on GPU in bfloat16/float16, 'manual'
+# on CPU (measured faster there than 'xla': benchmarks/results/train_step_speed.json), else 'xla'.
+ATTENTION_IMPLS = ("auto", "manual", "xla", "cudnn")
 # Added to the attention scores of padding keys (scores are float32).
 MASK_BIAS = -1e9
 
@@ -164,9 +174,12 @@ class BertSelfAttention(nnx.Module):
   """Multi-head self-attention with the output projection (no layer norm)."""
 
   def __init__(self, config: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               attention: str = "auto", rngs: nnx.Rngs):
+    if attention not in ATTENTION_IMPLS:
+      raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTION_IMPLS}")
     self.config = config
     self.dtype = dtype
+    self.attention = attention
     h = config.hidden_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=_normal_init(), rngs=rngs)
     self.query = nnx.Linear(h, h, **kw)
@@ -174,9 +187,26 @@ class BertSelfAttention(nnx.Module):
     self.value = nnx.Linear(h, h, **kw)
     self.output = nnx.Linear(h, h, **kw)
 
-  def __call__(self, x: jax.Array, bias: jax.Array, *, deterministic: bool,
+  def implementation(self, deterministic: bool) -> str:
+    """The attention implementation this call uses ('manual', 'xla' or 'cudnn')."""
+    rate = self.config.attention_probs_dropout_prob
+    dropout_on = not deterministic and rate > 0.0
+    if self.attention == "auto":
+      if dropout_on:
+        return "manual"
+      backend = jax.default_backend()
+      if backend == "gpu" and jnp.dtype(self.dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+      return "manual" if backend == "cpu" else "xla"
+    if dropout_on and self.attention != "manual":
+      raise ValueError(f"attention {self.attention!r} has no attention-probability dropout; set "
+                       f"attention_probs_dropout_prob to 0 (model.attention_dropout=0) or use "
+                       f"attention 'manual' or 'auto'")
+    return self.attention
+
+  def __call__(self, x: jax.Array, attention_mask: jax.Array, *, deterministic: bool,
                rngs: list[jax.Array | None]) -> jax.Array:
-    """x [B, L, H], bias [B, 1, 1, L] float32 -> [B, L, H] in the compute dtype."""
+    """x [B, L, H], attention_mask [B, L] (1 = real token) -> [B, L, H] in the compute dtype."""
     batch, length, _ = x.shape
     heads, head_dim = self.config.num_attention_heads, self.config.head_dim
 
@@ -184,36 +214,51 @@ class BertSelfAttention(nnx.Module):
       return y.reshape(batch, length, heads, head_dim)
 
     q, k, v = to_heads(self.query(x)), to_heads(self.key(x)), to_heads(self.value(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    scores = scores / math.sqrt(head_dim) + bias
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = dropout(probs, self.config.attention_probs_dropout_prob, rngs[0], deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
-    out = self.output(context.reshape(batch, length, heads * head_dim))
+    impl = self.implementation(deterministic)
+    if impl == "manual":
+      context = self._manual(q, k, v, attention_mask, deterministic, rngs[0])
+    elif impl == "xla":
+      mask = (attention_mask > 0)[:, None, None, :]
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    else:
+      lengths = jnp.sum(attention_mask > 0, axis=-1).astype(jnp.int32)
+      context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                             implementation="cudnn")
+    out = self.output(context.astype(self.dtype).reshape(batch, length, heads * head_dim))
     return dropout(out, self.config.hidden_dropout_prob, rngs[1], deterministic)
+
+  def _manual(self, q, k, v, attention_mask, deterministic, rng):
+    """Scores and softmax in float32, with attention-probability dropout."""
+    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASK_BIAS).astype(jnp.float32)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores.astype(jnp.float32) / math.sqrt(q.shape[-1]) + bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = dropout(probs, self.config.attention_probs_dropout_prob, rng, deterministic)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
 
 
 class BertLayer(nnx.Module):
   """One post-norm transformer block: attention, add & norm, MLP, add & norm."""
 
   def __init__(self, config: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               attention: str = "auto", rngs: nnx.Rngs):
     self.config = config
     h, m = config.hidden_size, config.intermediate_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=_normal_init(), rngs=rngs)
     norm_kw = dict(epsilon=config.layer_norm_eps, dtype=jnp.float32,
                    param_dtype=param_dtype, rngs=rngs)
-    self.attention = BertSelfAttention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attention = BertSelfAttention(config, dtype=dtype, param_dtype=param_dtype,
+                                       attention=attention, rngs=rngs)
     self.attention_norm = nnx.LayerNorm(h, **norm_kw)
     self.intermediate = nnx.Linear(h, m, **kw)
     self.output = nnx.Linear(m, h, **kw)
     self.output_norm = nnx.LayerNorm(h, **norm_kw)
 
-  def __call__(self, x: jax.Array, bias: jax.Array, rng: jax.Array | None, *,
+  def __call__(self, x: jax.Array, attention_mask: jax.Array, rng: jax.Array | None, *,
                deterministic: bool) -> jax.Array:
-    """x [B, L, H] float32 -> [B, L, H] float32."""
+    """x [B, L, H] float32, attention_mask [B, L] -> [B, L, H] float32."""
     rngs = _split(rng, 3)
-    attn = self.attention(x, bias, deterministic=deterministic, rngs=rngs[:2])
+    attn = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs[:2])
     x = self.attention_norm(x + attn.astype(jnp.float32))
     y = ACTIVATIONS[self.config.hidden_act](self.intermediate(x))
     y = dropout(self.output(y), self.config.hidden_dropout_prob, rngs[2], deterministic)
@@ -238,9 +283,12 @@ class BertEncoder(nnx.Module):
   """BERT that maps token ids to one pooled float32 vector per sequence (+ optional code head)."""
 
   def __init__(self, config: BertConfig, *, pooling: str = "cls", dtype=jnp.float32,
-               param_dtype=jnp.float32, remat: bool = False, code_bits: int = 0, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, remat: bool = False, attention: str = "auto",
+               scan_layers: bool = False, code_bits: int = 0, rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if attention not in ATTENTION_IMPLS:
+      raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTION_IMPLS}")
     if code_bits < 0:
       raise ValueError(f"code_bits must be >= 0 (0: no code head), got {code_bits}")
     self.config = config
@@ -251,9 +299,11 @@ class BertEncoder(nnx.Module):
     self.dtype = dtype
     self.param_dtype = param_dtype
     self.remat = remat
+    self.attention = attention
+    self.scan_layers = scan_layers
     self.embeddings = BertEmbeddings(config, param_dtype=param_dtype, rngs=rngs)
     self.layers = nnx.List([
-        BertLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        BertLayer(config, dtype=dtype, param_dtype=param_dtype, attention=attention, rngs=rngs)
         for _ in range(config.num_hidden_layers)])
 
   def sequence_output(self, input_ids: jax.Array, attention_mask: jax.Array,
@@ -268,18 +318,37 @@ class BertEncoder(nnx.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     rng = None if deterministic else dropout_rng
-    keys = _split(rng, len(self.layers) + 1)
-    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rng=keys[0])
-    bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASK_BIAS).astype(jnp.float32)
+    num_layers = len(self.layers)
+    keys = None if rng is None else jax.random.split(rng, num_layers + 1)
+    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic,
+                        rng=None if keys is None else keys[0])
+    layer_keys = None if keys is None else keys[1:]
 
-    def run_layer(layer: BertLayer, h: jax.Array, b: jax.Array,
-                  key: jax.Array | None) -> jax.Array:
-      return layer(h, b, key, deterministic=deterministic)
+    def run_layer(layer: BertLayer, h: jax.Array, key: jax.Array | None) -> jax.Array:
+      return layer(h, attention_mask, key, deterministic=deterministic)
 
-    step = nnx.remat(run_layer) if self.remat else run_layer
-    for layer, key in zip(self.layers, keys[1:]):
-      x = step(layer, x, bias, key)
+    if self.scan_layers and num_layers > 1:
+      x = self._scan(run_layer, x, layer_keys)
+    else:
+      step = nnx.remat(run_layer) if self.remat else run_layer
+      for i, layer in enumerate(self.layers):
+        x = step(layer, x, None if layer_keys is None else layer_keys[i])
     return x.astype(jnp.float32)
+
+  def _scan(self, run_layer, x: jax.Array, layer_keys: jax.Array | None) -> jax.Array:
+    """All layers as one lax.scan over their parameters, stacked here (the tree stays per layer)."""
+    splits = [nnx.split(layer) for layer in self.layers]
+    graphdef = splits[0][0]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[state for _, state in splits])
+
+    def body(h, xs):
+      state, key = xs
+      return run_layer(nnx.merge(graphdef, state), h, key), None
+
+    if self.remat:
+      body = jax.checkpoint(body)
+    x, _ = jax.lax.scan(body, x, (stacked, layer_keys))
+    return x
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                token_type_ids: jax.Array | None = None, *, deterministic: bool = True,

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from bpr_jax.models.bert import BertEncoder
@@ -61,6 +62,34 @@ class BiEncoder:
     return self.passage_module(params)(
         tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"),
         deterministic=deterministic, dropout_rng=dropout_rng)
+
+  def encode_passage_groups(self, params: dict, groups: list[dict], *, num_shards: int = 1,
+                            deterministic: bool = True,
+                            dropout_rng: jax.Array | None = None) -> list[jax.Array]:
+    """One passage-encoder forward over several token groups (e.g. positives and negatives).
+
+    Groups are right-padded to a common length and concatenated shard by shard: with rows
+    sharded over `num_shards` devices, device d's rows of every group stay on device d.
+    Returns one [rows_g, d] float32 array per group, in the order of `groups`.
+    """
+    length = max(g["input_ids"].shape[1] for g in groups)
+    rows = [g["input_ids"].shape[0] for g in groups]
+    shards = num_shards if all(r % num_shards == 0 for r in rows) else 1
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+
+    def part(g: dict, key: str) -> jax.Array:
+      x = g.get(key)
+      if x is None:
+        x = jnp.zeros_like(g["input_ids"])
+      x = jnp.pad(x, ((0, 0), (0, length - x.shape[1])))
+      return x.reshape(shards, x.shape[0] // shards, length)
+    merged = {k: jnp.concatenate([part(g, k) for g in groups], axis=1).reshape(-1, length) for k in keys}
+    out = self.encode_passages(params, merged, deterministic=deterministic, dropout_rng=dropout_rng)
+    out = out.reshape(shards, -1, out.shape[-1])
+    bounds = [0]
+    for r in rows:
+      bounds.append(bounds[-1] + r // shards)
+    return [out[:, a:b].reshape(-1, out.shape[-1]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def tokens_of(batch: dict, prefix: str) -> dict:
