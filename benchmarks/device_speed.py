@@ -1,5 +1,8 @@
 """Accelerator figures for the 21M-passage setting: device Hamming search and passage encoding.
 
+Size (~530 lines, over the house's ~400): the GPU run must be one prepared script (the device is lent
+for minutes), so its cases, exactness checks and report live together.
+
 Purpose: measure on one GPU the two numbers that decide whether the full
 Wikipedia pipeline (21M passages, 768-bit codes) runs on an accelerator in
 reasonable time.  On a CPU the same code runs at small sizes as a check of
@@ -77,9 +80,9 @@ import sys
 import time
 from typing import Any
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks.common import REPO  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -301,9 +304,7 @@ def hamming_case(args, backend: str) -> dict[str, Any]:
 
 def encoder_flops_per_passage(cfg, length: int) -> float:
   """Forward matmul FLOPs of one passage: 2 * P_matmul * L + 4 * layers * L^2 * hidden."""
-  h, i = cfg.hidden_size, cfg.intermediate_size
-  p = cfg.num_hidden_layers * (4 * h * h + 2 * h * i)
-  return 2.0 * p * length + 4.0 * cfg.num_hidden_layers * length * length * h
+  return common.encoder_forward_flops(cfg, length)
 
 
 def encode_case(args, backend: str) -> dict[str, Any]:
@@ -410,23 +411,6 @@ def table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _versions() -> dict[str, str]:
-  out = {"jax": jax.__version__, "numpy": np.__version__, "python": platform.python_version()}
-  try:
-    import jaxlib  # pylint: disable=import-outside-toplevel
-    out["jaxlib"] = jaxlib.__version__
-  except (ImportError, AttributeError):
-    pass
-  import flax  # pylint: disable=import-outside-toplevel
-  out["flax"] = flax.__version__
-  try:
-    import faiss  # pylint: disable=import-outside-toplevel
-    out["faiss"] = faiss.__version__
-  except ImportError:
-    out["faiss"] = None
-  return out
-
-
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description="Device Hamming search and encoding throughput.")
   p.add_argument("--cases", default="hamming,encode", help="comma list of hamming, encode")
@@ -491,7 +475,7 @@ def main(argv=None) -> dict[str, Any]:
       "devices": [str(d) for d in jax.devices()],
       "device_count": jax.device_count(),
       "local_device_count": jax.local_device_count(),
-      "versions": _versions(),
+      "versions": common.versions(),
       "jax_version": jax.__version__,
       "flax_version": None,
       "python_version": platform.python_version(),

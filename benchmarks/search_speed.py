@@ -1,5 +1,8 @@
 """Search speed and memory of BPR two-stage retrieval on synthetic structured codes.
 
+Size (~530 lines, over the house's ~400): data generation, every index kind, the float baselines and
+the report of one benchmark, run as one process per size to measure peak memory.
+
 Usage::
 
   python benchmarks/search_speed.py                  # N = 1M, 5M, 21M (long)

@@ -50,6 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bpr_jax import parallel, train  # noqa: E402
+from bpr_jax.models import build  # noqa: E402
 from bpr_jax.models.bert import BertConfig  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "train_throughput.json"
@@ -183,7 +184,7 @@ def bert_base_case(args) -> tuple:
   config.model.bert.update(BERT_BASE)
   config.data.question_max_length = args.bert_base_length
   config.data.passage_max_length = args.bert_base_length
-  bert = train._with_dropout(BertConfig.from_dict(BERT_BASE), config.model.dropout)  # pylint: disable=protected-access
+  bert = build._with_dropout(BertConfig.from_dict(BERT_BASE), config.model.dropout)  # pylint: disable=protected-access
   return config, bert, False
 
 

@@ -6,6 +6,7 @@ finished; `max_to_keep` keeps the last K.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -85,3 +86,37 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_encoders(workdir: str, step: int | None = None):
+  """(question BertEncoder, passage BertEncoder, Tokenizer, settings) of a training workdir's
+  checkpoint `step` (default: the latest), parameters only: what export needs, without the loop."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax import parallel  # pylint: disable=import-outside-toplevel
+  from bpr_jax.models.bert import BertConfig  # pylint: disable=import-outside-toplevel
+  from bpr_jax.models.build import build_biencoder  # pylint: disable=import-outside-toplevel
+  from bpr_jax.tokenization import Tokenizer  # pylint: disable=import-outside-toplevel
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path}: not a bpr-jax training workdir (no config.json)")
+  with open(config_path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  bert = BertConfig.from_json(os.path.join(workdir, "bert_config.json"))
+  tokenizer = Tokenizer.from_dir(os.path.join(workdir, "tokenizer"))
+  mesh = parallel.make_mesh()
+  biencoder, abstract_params = build_biencoder(config, bert, load_weights=False, mesh=mesh, abstract=True)
+  ckpt = Checkpointer(workdir, keep=10**6, save_every=0, async_save=False)
+  try:
+    params = ckpt.restore_params(step, abstract_params)
+  finally:
+    ckpt.close()
+  params = jax.device_get(params)
+  q_model = biencoder.question_module(params)
+  p_model = biencoder.passage_module(params)
+  settings = {"mode": config.mode, "pooling": config.model.pooling,
+              "question_max_length": config.data.question_max_length,
+              "passage_max_length": config.data.passage_max_length,
+              "code_bits": q_model.output_dim, "hidden_size": bert.hidden_size,
+              "shared_encoder": bool(config.model.shared_encoder)}
+  return q_model, p_model, tokenizer, settings

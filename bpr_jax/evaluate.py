@@ -1,5 +1,9 @@
 """Retrieval evaluation: BPR two-stage search, its ablations and float baselines.
 
+Size (~510 lines, over the house's ~400): the command with its systems (BPR rows and float
+baselines), scorer and timing, which share one row format; split it when another kind of
+evaluation arrives.
+
 Usage::
 
   python -m bpr_jax.evaluate --model=E --index=I --passages=P \

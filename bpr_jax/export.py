@@ -41,6 +41,7 @@ from absl import flags
 from flax import nnx
 
 from bpr_jax import io
+from bpr_jax.losses import MODES
 from bpr_jax.models import hf
 from bpr_jax.models.bert import POOLINGS, BertConfig, BertEncoder
 from bpr_jax.shapes import next_pow2
@@ -49,7 +50,6 @@ from bpr_jax.tokenization import KEYS, Tokenizer
 SETTINGS_FILE = "bpr.json"
 QUESTION_DIR = "question_encoder"
 PASSAGE_DIR = "passage_encoder"
-MODES = ("bpr", "dpr")
 REQUIRED_SETTINGS = ("mode", "pooling", "question_max_length", "passage_max_length",
                      "code_bits", "hidden_size", "shared_encoder")
 FORMAT_VERSION = 1
@@ -361,9 +361,9 @@ def main(argv: Sequence[str]) -> None:
       return
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
-  from bpr_jax import console, train
+  from bpr_jax import checkpoints, console
   console.quiet_libraries()
-  q_model, p_model, tokenizer, settings = train.restore_for_export(FLAGS.workdir, FLAGS.step)
+  q_model, p_model, tokenizer, settings = checkpoints.restore_encoders(FLAGS.workdir, FLAGS.step)
   save_exported(q_model, p_model, tokenizer, settings, FLAGS.output)
   print(f"exported {FLAGS.workdir} to {FLAGS.output}")
 

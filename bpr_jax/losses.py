@@ -35,6 +35,7 @@ import optax
 
 from bpr_jax.models.hash_layer import RELAXATIONS, code_saturation, hash_relaxed
 
+MODES = ("bpr", "dpr")  # the two training objectives (config.mode, bpr.json's mode)
 CAND_REDUCTIONS = ("mean", "sum")
 CAND_LOSSES = ("margin", "ce")
 LOSS_TERMS = ("both", "cand", "rerank")

@@ -1,5 +1,9 @@
 """HTTP search service for a trained BPR model and binary passage index.
 
+Size (~540 lines, over the house's ~400): the whole request path (parsing, micro-batching,
+the app, warm-up of every shape, the command) reads in one place; the fake backend for load
+tests lives in benchmarks/fake_serve.py.
+
 Run:
   python -m bpr_jax.serve --model=EXPORTED_MODEL_DIR --index=INDEX_DIR \
       --passages=psgs_w100.tsv --host=127.0.0.1 --port=8000

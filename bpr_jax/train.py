@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import time
 
 import jax
@@ -18,70 +17,18 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import nnx
 
-from bpr_jax import checkpoints, codes, io, losses, parallel, schedules
+from bpr_jax import checkpoints, codes, losses, parallel, schedules
 from bpr_jax.data import pipeline
-from bpr_jax.models import hash_layer
-from bpr_jax.models.bert import ATTENTION_IMPLS, BertConfig, BertEncoder
 from bpr_jax.models.biencoder import BiEncoder, tokens_of
+from bpr_jax.models.build import build_biencoder, encoder_configs
+from bpr_jax.preemption import Preemption
+from bpr_jax.run_config import TrainingError, check_resume, save_run_info, total_train_steps, validate_config
 from bpr_jax.tokenization import Tokenizer
-
-MODES = ("bpr", "dpr")
-SOURCES = ("tiny", "dpr_json", "beir", "tfds")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class TrainingError(RuntimeError):
-  """Training cannot go on (NaN loss, mismatched resume, ...)."""
-
 
 # Called as hook(step, checkpointer) after each checkpoint is saved. Empty in normal runs;
 # tests register fault injection here (e.g. a hard crash right after a checkpoint).
 checkpoint_hooks: list = []
-
-
-# ----------------------------------------------------------------------------- config checks
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad config value, before anything is loaded."""
-  def check(cond: bool, message: str) -> None:
-    if not cond:
-      raise ValueError(f"config: {message}")
-  check(config.mode in MODES, f"mode must be one of {MODES}, got {config.mode!r}")
-  check(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
-  check(config.num_train_steps > 0 or config.num_epochs > 0, "set num_epochs or num_train_steps")
-  check(config.model.init in ("hf", "random"), f"model.init must be 'hf' or 'random', got {config.model.init!r}")
-  check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
-  check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
-  check(config.model.code_bits >= 0, f"model.code_bits must be >= 0 (0: no code head), got {config.model.code_bits}")
-  check(config.model.get("attention", "auto") in ATTENTION_IMPLS,
-        f"model.attention must be one of {ATTENTION_IMPLS}, got {config.model.get('attention')!r}")
-  check(config.model.param_sharding in parallel.PARAM_RULES,
-        f"model.param_sharding must be one of {parallel.PARAM_RULES}, got {config.model.param_sharding!r}")
-  if config.model.init == "hf":
-    check(bool(config.model.hf_dir), "model.hf_dir is required with model.init='hf'")
-  check(config.data.source in SOURCES, f"data.source must be one of {SOURCES}, got {config.data.source!r}")
-  check(config.data.num_hard_negatives >= 0, "data.num_hard_negatives must be >= 0")
-  check(config.loss.cand_reduction in losses.CAND_REDUCTIONS,
-        f"loss.cand_reduction must be one of {losses.CAND_REDUCTIONS}, got {config.loss.cand_reduction!r}")
-  check(config.loss.gamma >= 0, f"loss.gamma must be >= 0, got {config.loss.gamma}")
-  check(config.loss.relaxation in hash_layer.RELAXATIONS,
-        f"loss.relaxation must be one of {hash_layer.RELAXATIONS}, got {config.loss.relaxation!r}")
-  check(config.loss.cand_loss in losses.CAND_LOSSES,
-        f"loss.cand_loss must be one of {losses.CAND_LOSSES}, got {config.loss.cand_loss!r}")
-  check(config.loss.terms in losses.LOSS_TERMS,
-        f"loss.terms must be one of {losses.LOSS_TERMS}, got {config.loss.terms!r}")
-  check(config.loss.beta_schedule in schedules.BETA_SCHEDULES,
-        f"loss.beta_schedule must be one of {schedules.BETA_SCHEDULES}, got {config.loss.beta_schedule!r}")
-  if config.loss.beta_schedule == "final":
-    check(config.loss.final_beta >= 1, f"loss.final_beta must be >= 1 with beta_schedule='final', "
-          f"got {config.loss.final_beta}")
-  check(config.optim.learning_rate > 0, "optim.learning_rate must be positive")
-  check(0 <= config.optim.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)")
-  n = jax.device_count()
-  check(config.batch_size % n == 0, f"batch_size {config.batch_size} must be divisible by the {n} devices")
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -134,105 +81,6 @@ def build_data(config: ml_collections.ConfigDict, workdir: str):
   logging.info("train data: %s, %d examples%s", train.name, len(train),
                f"; dev: {dev.name}, {len(dev)} examples" if dev is not None else "")
   return tokenizer, train, dev
-
-
-def bert_config_of(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
-  """Architecture of a randomly initialised encoder (model.init='random')."""
-  arch = dict(config.model.bert)
-  arch.setdefault("vocab_size", tokenizer.vocab_size)
-  if arch.get("vocab_size", 0) <= 0:
-    arch["vocab_size"] = tokenizer.vocab_size
-  return BertConfig.from_dict(arch)
-
-
-def _with_dropout(bert: BertConfig, dropout: float, attention_dropout: float | None = None) -> BertConfig:
-  """`bert` with hidden dropout `dropout` and attention dropout `attention_dropout`.
-
-  A negative `dropout` keeps the hidden rate; a negative (or None) `attention_dropout`
-  follows `dropout` (or keeps the checkpoint's attention rate when both are negative).
-  """
-  rates = {}
-  if dropout >= 0:
-    rates["hidden_dropout_prob"] = rates["attention_probs_dropout_prob"] = dropout
-  if attention_dropout is not None and attention_dropout >= 0:
-    rates["attention_probs_dropout_prob"] = attention_dropout
-  if not rates:
-    return bert
-  return BertConfig.from_dict({**bert.to_dict(), **rates})
-
-
-def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
-  """The BertConfig the encoders are built with (dropout from the config when set)."""
-  if config.model.init == "hf":
-    from bpr_jax.export import encoder_dir
-    path = os.path.join(encoder_dir(config.model.hf_dir), "config.json")  # an export: its question encoder
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: model config not found (model.hf_dir)")
-    bert = BertConfig.from_json(path)
-  else:
-    bert = bert_config_of(config, tokenizer)
-  return _with_dropout(bert, config.model.dropout, config.model.get("attention_dropout", None))
-
-
-def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load_weights: bool,
-                    mesh, abstract: bool = False):
-  """(BiEncoder, params) with params born sharded on `mesh` (or ShapeDtypeStructs if abstract)."""
-  dtype = DTYPES[config.model.dtype]
-  shared = config.model.shared_encoder
-  code_bits = int(config.model.get("code_bits", 0))  # configs saved before the option have none
-
-  def make(seed: int) -> BertEncoder:
-    return BertEncoder(bert, pooling=config.model.pooling, dtype=dtype, remat=config.model.remat,
-                       attention=config.model.get("attention", "auto"),
-                       scan_layers=config.model.get("scan_layers", False), code_bits=code_bits,
-                       rngs=nnx.Rngs(seed))
-
-  def init():
-    q = make(config.seed)
-    p = None if shared else make(config.seed + 1)
-    return BiEncoder.from_modules(q, p)
-
-  biencoder, abstract_params = _abstract_init(init)
-  shardings = parallel.param_shardings(abstract_params, mesh, config.model.param_sharding)
-  if abstract:
-    return biencoder, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                   abstract_params, shardings)
-  if load_weights and config.model.init == "hf":
-    from bpr_jax.export import encoder_dir
-    from bpr_jax.models import hf
-    # An exported dir (bpr.json) gives its two encoders; a HF BERT dir gives both.
-    dirs = [encoder_dir(config.model.hf_dir, w) for w in (("question",) if shared else ("question", "passage"))]
-    hosts, heads = {}, {}
-    for path in dirs:
-      if path not in hosts:
-        module = hf.bert_from_state_dict(bert, hf.load_state_dict(path), pooling=config.model.pooling, dtype=dtype)
-        if module.code_bits not in (0, code_bits):
-          raise ValueError(f"{path} has a {module.code_bits}-dim code head but model.code_bits is {code_bits}")
-        hosts[path] = jax.tree.map(np.asarray, BiEncoder.from_modules(module, None)[1]["shared"])
-        heads[path] = module.code_bits
-
-    def with_head(path, seed: int) -> dict:
-      """The checkpoint's weights plus a freshly initialised code head (if asked and absent)."""
-      if not code_bits or heads[path]:
-        return hosts[path]
-      return {**hosts[path], "code_head": jax.tree.map(np.asarray, nnx.split(make(seed).code_head)[1].to_pure_dict())}
-    params = ({"shared": with_head(dirs[0], config.seed)} if shared else
-              {"question": with_head(dirs[0], config.seed), "passage": with_head(dirs[-1], config.seed + 1)})
-    return biencoder, parallel.host_to_global(params, shardings)
-  params = jax.jit(lambda: init()[1], out_shardings=shardings)()
-  return biencoder, params
-
-
-def _abstract_init(init):
-  """BiEncoder (graph definitions) and ShapeDtypeStructs of its params, allocating nothing."""
-  out = {}
-
-  def capture():
-    biencoder, params = init()
-    out["biencoder"] = biencoder
-    return params
-  abstract = jax.eval_shape(capture)
-  return out["biencoder"], abstract
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
@@ -411,159 +259,6 @@ def _format_eta(seconds: float) -> str:
 # ----------------------------------------------------------------------------- the loop
 
 
-class _Preemption:
-  """SIGTERM (preemption) as a stop decision that all processes take at the same step.
-
-  No collective runs per step. With several processes and JAX's preemption service (on by
-  default in `jax.distributed.initialize`), the service catches SIGTERM on any process and
-  agrees on one step; `multihost_utils.reached_preemption_sync_point(step)` is a local call
-  that turns true at that step on every process. Otherwise a Python SIGTERM handler sets a
-  local flag: one process reads it every step; several combine their flags
-  (`parallel.any_process`) only at `sync` steps (log and checkpoint steps, the same on all).
-  """
-
-  def __init__(self, start_step: int):
-    self.requested = False
-    self._previous = None
-    self._installed = False
-    self._service = False
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      try:
-        multihost_utils.reached_preemption_sync_point(start_step)
-        self._service = True
-      except RuntimeError:  # jax.distributed without the preemption service
-        self._service = False
-
-  def __enter__(self):
-    if self._service:  # the service's own SIGTERM handler must stay in place
-      logging.info("preemption: JAX preemption service (sync point checked every step)")
-      return self
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-      self._installed = True
-    except ValueError:  # not the main thread
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint and exiting")
-    self.requested = True
-
-  def should_stop(self, step: int, sync: bool) -> bool:
-    """Whether to checkpoint and stop after `step` (every process gets the same answer)."""
-    if self._service:
-      from jax.experimental import multihost_utils
-      stop = multihost_utils.reached_preemption_sync_point(step)
-      if stop:
-        logging.warning("preemption notice: all processes stop at step %d", step)
-      return stop
-    if jax.process_count() == 1:
-      return self.requested
-    return sync and parallel.any_process(self.requested)
-
-  def __exit__(self, *exc):
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-    return False
-
-
-# ----------------------------------------------------------------------------- resume check
-
-# Config fields that change what is trained or its schedule. Resuming a checkpoint with any of
-# them changed is refused (each differing field is named) before anything in the workdir is
-# written. model.hf_dir counts only with model.init='hf', model.bert only with 'random', and
-# num_epochs only when num_train_steps <= 0 (it is then what sets the total steps).
-# Not listed, free to change on resume: log_every, eval_every, eval_max_examples,
-# checkpoint_every, keep_checkpoints, async_checkpoints, prefetch (bookkeeping); model.remat
-# (recomputes activations, same values); model.attention and model.scan_layers (the same
-# function computed another way, same parameter tree); model.param_sharding (layout only; the checkpoint is
-# restored onto the new shardings); data.dev_path, data.dev_split, data.dev_hard_negatives_json
-# (validation only); data.pad_multiple (batch shapes only: padding is masked),
-# data.token_cache_dir (where token ids are kept).  tests/test_train.py checks that every field of configs/common.py is either
-# listed here or in RESUME_FREE.
-RESUME_FIELDS = (
-    "mode", "seed", "batch_size", "num_train_steps", "num_epochs",
-    "model.init", "model.hf_dir", "model.bert", "model.pooling", "model.dtype", "model.shared_encoder",
-    "model.dropout", "model.attention_dropout", "model.fuse_passages", "model.code_bits",
-    "data.source", "data.train_path", "data.beir_dir", "data.train_split", "data.hard_negatives_json",
-    "data.tfds_name", "data.tfds_data_dir", "data.tokenizer_dir", "data.question_max_length",
-    "data.passage_max_length", "data.num_hard_negatives", "data.shuffle_positives", "data.skip_invalid",
-    "data.tiny_seed",
-    "loss.alpha", "loss.gamma", "loss.cand_reduction", "loss.relaxation", "loss.cand_loss", "loss.terms",
-    "loss.beta_schedule", "loss.final_beta",
-    "optim.learning_rate", "optim.warmup_fraction", "optim.weight_decay", "optim.adam_eps", "optim.b1",
-    "optim.b2", "optim.grad_clip",
-)
-RESUME_FREE = (
-    "log_every", "eval_every", "eval_max_examples", "checkpoint_every", "keep_checkpoints",
-    "async_checkpoints", "prefetch", "model.remat", "model.param_sharding", "model.attention",
-    "model.scan_layers", "data.dev_path",
-    "data.dev_split", "data.dev_hard_negatives_json", "data.pad_multiple", "data.token_cache_dir",
-)
-_ABSENT = "<absent>"
-
-
-def resume_settings(config: dict) -> dict:
-  """The RESUME_FIELDS of a config (as a plain dict), JSON-normalised."""
-  def get(key: str):
-    node = config
-    for part in key.split("."):
-      if not isinstance(node, dict) or part not in node:
-        return _ABSENT
-      node = node[part]
-    return json.loads(json.dumps(node, sort_keys=True, default=str))
-  out = {key: get(key) for key in RESUME_FIELDS}
-  if out["model.init"] != "hf":
-    out.pop("model.hf_dir")
-  if out["model.init"] != "random":
-    out.pop("model.bert")
-  return out
-
-
-def check_resume(config: ml_collections.ConfigDict, workdir: str) -> int | None:
-  """Latest checkpoint step of `workdir` (None: a new run); refuses a resume with other settings.
-
-  Reads only: WORKDIR/config.json (written when the run started) against `config`.
-  """
-  step = checkpoints.latest_step_on_disk(workdir)
-  if step is None:
-    return None
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise TrainingError(f"{workdir}: has checkpoint {step} but no config.json; use a new workdir")
-  with open(path, encoding="utf-8") as f:
-    old = resume_settings(json.load(f))
-  new = resume_settings(config.to_dict())
-  if old["num_train_steps"] != _ABSENT and old["num_train_steps"] > 0 and new["num_train_steps"] > 0:
-    old.pop("num_epochs")
-    new.pop("num_epochs")
-  diff = [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(set(old) | set(new))
-          if old.get(k, _ABSENT) != new.get(k, _ABSENT) and old.get(k, _ABSENT) != _ABSENT]
-  if diff:
-    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff)
-    raise TrainingError(f"{workdir}: checkpoint {step} was trained with other settings, and resuming "
-                        f"would change what is trained or its schedule (checkpoint -> now): {shown}. "
-                        "Use a new workdir, or the checkpoint's settings.")
-  return step
-
-
-def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-
-
-def save_run_info(workdir: str, config: ml_collections.ConfigDict, tokenizer: Tokenizer, bert: BertConfig) -> None:
-  """What export needs without the original paths: the config, tokenizer and architecture."""
-  if jax.process_index() != 0:
-    return
-  io.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
-  io.atomic_write_json(os.path.join(workdir, "bert_config.json"), bert.to_dict(), sort_keys=False)
-  tok_dir = os.path.join(workdir, "tokenizer")
-  if not os.path.isdir(tok_dir):
-    with io.atomic_directory(tok_dir) as tmp:
-      tokenizer.save(tmp)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) and returns the last logged metrics."""
   validate_config(config)
@@ -632,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   step = start
   try:
-    with _Preemption(start) as preemption:
+    with Preemption(start) as preemption:
       for step_index, local in batches.iterate(start, total_steps, prefetch=config.prefetch):
         batch = parallel.global_batch(local, mesh)
         state, metrics = train_step(state, batch, rng)
@@ -706,33 +401,3 @@ def _log(writer: MetricWriter, pending: list[dict], step: int, total: int, batch
                step, total, 100.0 * step / total, averaged["loss"], averaged["loss_cand"], averaged["loss_rerank"],
                averaged["beta"], averaged["lr"], averaged["grad_norm"], averaged["examples_per_s"], _format_eta(eta))
   return averaged
-
-
-# ----------------------------------------------------------------------------- export support
-
-
-def restore_for_export(workdir: str, step: int | None = None):
-  """(question BertEncoder, passage BertEncoder, Tokenizer, settings) from a training workdir."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path}: not a bpr-jax training workdir (no config.json)")
-  with open(config_path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  bert = BertConfig.from_json(os.path.join(workdir, "bert_config.json"))
-  tokenizer = Tokenizer.from_dir(os.path.join(workdir, "tokenizer"))
-  mesh = parallel.make_mesh()
-  biencoder, abstract_params = build_biencoder(config, bert, load_weights=False, mesh=mesh, abstract=True)
-  ckpt = checkpoints.Checkpointer(workdir, keep=10**6, save_every=0, async_save=False)
-  try:
-    params = ckpt.restore_params(step, abstract_params)
-  finally:
-    ckpt.close()
-  params = jax.device_get(params)
-  q_model = biencoder.question_module(params)
-  p_model = biencoder.passage_module(params)
-  settings = {"mode": config.mode, "pooling": config.model.pooling,
-              "question_max_length": config.data.question_max_length,
-              "passage_max_length": config.data.passage_max_length,
-              "code_bits": q_model.output_dim, "hidden_size": bert.hidden_size,
-              "shared_encoder": bool(config.model.shared_encoder)}
-  return q_model, p_model, tokenizer, settings

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from bpr_jax import train
+from bpr_jax.models import build
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.models.biencoder import split_module
 from configs import common
@@ -130,7 +131,7 @@ def test_attention_dropout_selects_manual_or_is_refused():
     (-1.0, -1.0, (0.3, 0.4))])
 def test_config_attention_dropout(dropout, attention_dropout, want):
   bert = BertConfig.from_dict({**CONFIG.to_dict(), "hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.4})
-  got = train._with_dropout(bert, dropout, attention_dropout)  # pylint: disable=protected-access
+  got = build._with_dropout(bert, dropout, attention_dropout)  # pylint: disable=protected-access
   assert (got.hidden_dropout_prob, got.attention_probs_dropout_prob) == want
 
 

@@ -10,7 +10,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file
 
-from bpr_jax import codes, export, train
+from bpr_jax import checkpoints, codes, export, train
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder, pool
 from bpr_jax.tokenization import Tokenizer
@@ -116,12 +116,12 @@ def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
   # a headless HF dir (random tiny BERT), then train with a 96-bit code head on top of it
   c = _tiny_config()
   train.train_and_evaluate(c, str(tmp_path / "base"))
-  q0, _, tok, _ = train.restore_for_export(str(tmp_path / "base"))
+  q0, _, tok, _ = checkpoints.restore_encoders(str(tmp_path / "base"))
   save_bert_dir(q0, tmp_path / "hf", tokenizer=tok)
   c = _tiny_config(init="hf", hf_dir=str(tmp_path / "hf"), code_bits=96)
   c.data.tokenizer_dir = str(tmp_path / "hf")
   train.train_and_evaluate(c, str(tmp_path / "run"))
-  q, p, tok, settings = train.restore_for_export(str(tmp_path / "run"))
+  q, p, tok, settings = checkpoints.restore_encoders(str(tmp_path / "run"))
   assert q.code_bits == p.code_bits == 96 and settings["code_bits"] == 96
   # the encoder weights started from the checkpoint; the two heads were initialised apart
   assert not np.allclose(q.code_head.dense.kernel.get_value(), p.code_head.dense.kernel.get_value())

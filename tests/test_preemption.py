@@ -14,7 +14,7 @@ import time
 import pytest
 
 import test_multiprocess as mp
-from bpr_jax import checkpoints, train
+from bpr_jax import checkpoints, preemption
 
 FLAGS = tuple(f for f in mp.TRAIN_FLAGS if not f.startswith(("--config.num_train_steps", "--config.checkpoint_every")))
 DEADLINE_S = 240
@@ -72,9 +72,9 @@ def test_sigterm_to_one_of_two_processes_checkpoints_on_both(tmp_path, service):
 
 def test_preemption_single_process_reads_local_flag(monkeypatch):
   """One process: the SIGTERM flag is read every step, with no collective."""
-  monkeypatch.setattr(train.parallel, "any_process", lambda flag: pytest.fail("collective called"))
-  with train._Preemption(0) as preemption:  # pylint: disable=protected-access
-    assert not preemption.should_stop(1, sync=True)
+  monkeypatch.setattr(preemption.parallel, "any_process", lambda flag: pytest.fail("collective called"))
+  with preemption.Preemption(0) as p:
+    assert not p.should_stop(1, sync=True)
     signal.raise_signal(signal.SIGTERM)
-    assert preemption.should_stop(2, sync=False)
-  assert signal.getsignal(signal.SIGTERM) is not preemption._handle  # pylint: disable=protected-access
+    assert p.should_stop(2, sync=False)
+  assert signal.getsignal(signal.SIGTERM) is not p._handle  # pylint: disable=protected-access

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from bpr_jax import checkpoints, train
+from bpr_jax import checkpoints, run_config, train
 from bpr_jax.data.examples import DataError
 from configs import tiny
 
@@ -90,7 +90,7 @@ def snapshot(workdir):
 
 def final_params(workdir):
   """Params of the latest checkpoint, as numpy."""
-  q, p, _, _ = train.restore_for_export(str(workdir))
+  q, p, _, _ = checkpoints.restore_encoders(str(workdir))
   from flax import nnx
   return jax.tree.map(np.asarray, {"q": nnx.split(q)[1].to_pure_dict(), "p": nnx.split(p)[1].to_pure_dict()})
 
@@ -289,6 +289,6 @@ def test_every_config_field_is_classified_for_resume():
       else:
         yield f"{prefix}{k}"
   fields = set(leaves(base_config().to_dict()))
-  classified = set(train.RESUME_FIELDS) | set(train.RESUME_FREE)
-  assert fields - classified == set(), "classify these fields in train.RESUME_FIELDS or RESUME_FREE"
-  assert not set(train.RESUME_FIELDS) & set(train.RESUME_FREE)
+  classified = set(run_config.RESUME_FIELDS) | set(run_config.RESUME_FREE)
+  assert fields - classified == set(), "classify these fields in run_config.RESUME_FIELDS or RESUME_FREE"
+  assert not set(run_config.RESUME_FIELDS) & set(run_config.RESUME_FREE)

@@ -1,5 +1,8 @@
 """DPR retriever training JSON (`biencoder-nq-train.json` and friends).
 
+Size (~410 lines, over the house's ~400): the streaming JSON scanner, record validation and
+the byte-span cache of one file format.
+
 The file is a top-level JSON array of records
 
   {"question": str, "answers": [str, ...],

@@ -1,5 +1,8 @@
 """Conversion between Hugging Face BERT / DPR checkpoints and `BertEncoder`.
 
+Size (~420 lines, over the house's ~400): reading, building and writing Hugging Face BERT and
+DPR checkpoints share the one name map below.
+
 HF `BertModel` tensor names map to `BertEncoder` parameter paths as follows
 (linear weights are transposed: torch stores [out, in], Flax [in, out]):
 
