@@ -190,11 +190,8 @@ def average_rank(q: np.ndarray, passages: np.ndarray, mode: str, beta: float | N
     passages = np.tanh(beta * passages.astype(np.float32))
   elif mode == "bpr":
     passages = codes.binarize(passages)
-  scores = q @ passages.T
-  positive = scores[np.arange(len(q)), np.arange(len(q))][:, None]
-  others = np.ones_like(scores, dtype=bool)
-  others[np.arange(len(q)), np.arange(len(q))] = False
-  return float(np.mean(np.sum((scores >= positive) & others, axis=1)))
+  ranks = losses.positive_rank(jnp.asarray(q @ passages.T))  # the train metric's rank, one definition
+  return float(np.mean(np.asarray(ranks)))
 
 
 def validate(encode_fn, params, dev_batches, mesh, mode: str, beta: float | None = None) -> dict:

@@ -44,3 +44,17 @@ def test_bad_loss_options_are_config_errors(tmp_path):
                      ({"terms": "all"}, "loss.terms"), ({"beta_schedule": "final", "final_beta": 0.0}, "final_beta")):
     with pytest.raises(ValueError, match=match):
       train.validate_config(_config(**bad))
+
+
+def test_average_rank_by_hand_sign_tanh_and_float():
+  import numpy as np
+  q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+  p = np.array([[0.2, -0.1], [0.9, 0.3], [-0.5, 0.4]], np.float32)  # rows 0, 1: positives of q0, q1
+  # DPR <q, p>: q0 -> [.2, .9, -.5]: rank 1; q1 -> [-.1, .3, .4]: positive .3 below .4 -> rank 1
+  assert train.average_rank(q, p, "dpr") == pytest.approx(1.0)
+  # BPR sign(p) = [[1,-1],[1,1],[-1,1]]: q0 -> [1, 1, -1]: the tie counts against it -> 1; q1 -> [-1, 1, 1] -> 1
+  assert train.average_rank(q, p, "bpr") == pytest.approx(1.0)
+  # tanh(10 p): q0 -> [.96, .99, -.99] -> 1; q1 -> [-.76, .995, .9993] -> 1
+  assert train.average_rank(q, p, "bpr", beta=10.0) == pytest.approx(1.0)
+  p2 = np.array([[0.9, -0.1], [-0.2, 0.8], [-0.5, -0.4]], np.float32)  # signs separate all three
+  assert train.average_rank(q, p2, "dpr") == 0.0 and train.average_rank(q, p2, "bpr") == 0.0
