@@ -10,6 +10,11 @@ from bpr_jax import losses, schedules
 from bpr_jax.models import hash_layer
 
 
+def test_sign_maps_zero_to_plus_one():
+  e = jnp.array([-2.0, -0.0, 0.0, 1e-9, -1e-9, 3.0])
+  np.testing.assert_array_equal(hash_layer.hash_sign(e), [-1, 1, 1, 1, -1, 1])
+
+
 def test_hash_train_is_tanh_of_beta_e():
   e = jnp.array([0.5, -1.0])
   np.testing.assert_allclose(hash_layer.hash_train(e, 2.0), np.tanh([1.0, -2.0]), rtol=1e-6)
