@@ -14,7 +14,7 @@ from bpr_jax import checkpoints, codes, export, train
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder, pool
 from bpr_jax.tokenization import Tokenizer
-from configs import tiny
+from test_train import shrunk_config
 from conftest import save_bert_dir
 
 WORDS = ["who", "wrote", "the", "binary", "passage", "retriever", "hash", "code", "paper", "fast"]
@@ -99,17 +99,8 @@ def test_incomplete_head_is_an_error(parts):
 
 
 def _tiny_config(**model):
-  c = tiny.get_config()
-  c.num_train_steps = 4
-  c.batch_size = 8
-  c.log_every = 2
-  c.eval_every = 0
-  c.checkpoint_every = 4
-  c.async_checkpoints = False
-  c.data.question_max_length = 12
-  c.data.passage_max_length = 24
-  c.model.update(model)
-  return c
+  return shrunk_config(num_train_steps=4, eval_every=0, checkpoint_every=4,
+                       **{f"model.{k}": v for k, v in model.items()})
 
 
 def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):

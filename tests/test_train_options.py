@@ -4,22 +4,12 @@ import json
 import pytest
 
 from bpr_jax import train
-from configs import tiny
+from test_train import shrunk_config
 
 
 def _config(**loss):
-  c = tiny.get_config()
-  c.num_train_steps = 4
-  c.batch_size = 8
-  c.log_every = 2
-  c.eval_every = 4
-  c.eval_max_examples = 16
-  c.checkpoint_every = 4
-  c.async_checkpoints = False
-  c.data.question_max_length = 12
-  c.data.passage_max_length = 24
-  c.loss.update(loss)
-  return c
+  return shrunk_config(num_train_steps=4, eval_every=4, checkpoint_every=4,
+                       **{f"loss.{k}": v for k, v in loss.items()})
 
 
 def _metrics(workdir):
