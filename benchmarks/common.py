@@ -28,6 +28,25 @@ def shared_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("BPR_SHARED_DIR", str(REPO.parent / "shared")))
 
 
+def minilm_train_config(batch: int, q_len: int, p_len: int, *, mode: str = "bpr",
+                        num_hard_negatives: int = 1):
+  """A training config of the shared all-MiniLM-L6-v2 ([CLS] pooling) at the given shape."""
+  from configs.common import base_config
+  model_dir = shared_dir() / "models" / "all-MiniLM-L6-v2"
+  if not (model_dir / "config.json").is_file():
+    raise FileNotFoundError(f"{model_dir}: MiniLM not found (set BPR_SHARED_DIR)")
+  c = base_config()
+  c.mode = mode
+  c.batch_size = batch
+  c.model.init = "hf"
+  c.model.hf_dir = str(model_dir)
+  c.model.pooling = "cls"
+  c.data.question_max_length = q_len
+  c.data.passage_max_length = p_len
+  c.data.num_hard_negatives = num_hard_negatives
+  return c
+
+
 def log(msg: str) -> None:
   print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 

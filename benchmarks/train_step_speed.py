@@ -41,6 +41,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
 from benchmarks.common import REPO  # noqa: E402
 
 import jax  # noqa: E402
@@ -68,24 +69,8 @@ VARIANTS = {
 }
 
 
-def shared_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("BPR_SHARED_DIR", str(REPO.parent / "shared")))
-
-
 def make_config(args, overrides: dict):
-  from configs.common import base_config
-  model_dir = shared_dir() / "models" / "all-MiniLM-L6-v2"
-  if not (model_dir / "config.json").is_file():
-    raise FileNotFoundError(f"{model_dir}: MiniLM not found (set BPR_SHARED_DIR)")
-  c = base_config()
-  c.mode = "bpr"
-  c.batch_size = args.batch
-  c.model.init = "hf"
-  c.model.hf_dir = str(model_dir)
-  c.model.pooling = "cls"
-  c.data.question_max_length = args.q_len
-  c.data.passage_max_length = args.p_len
-  c.data.num_hard_negatives = args.negatives
+  c = common.minilm_train_config(args.batch, args.q_len, args.p_len, num_hard_negatives=args.negatives)
   for key, value in overrides.items():
     node = c
     *path, last = key.split(".")

@@ -43,7 +43,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
-from benchmarks.common import REPO, shared_dir  # noqa: E402
+from benchmarks.common import REPO  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -158,18 +158,7 @@ def tiny_case(args) -> tuple:
 
 
 def minilm_case(args) -> tuple:
-  from configs.common import base_config
-  model_dir = shared_dir() / "models" / "all-MiniLM-L6-v2"
-  if not (model_dir / "config.json").is_file():
-    raise FileNotFoundError(f"{model_dir}: MiniLM not found (set BPR_SHARED_DIR)")
-  config = base_config()
-  config.mode = args.mode
-  config.batch_size = args.minilm_batch
-  config.model.init = "hf"
-  config.model.hf_dir = str(model_dir)
-  config.model.pooling = "cls"
-  config.data.question_max_length = args.length
-  config.data.passage_max_length = args.length
+  config = common.minilm_train_config(args.minilm_batch, args.length, args.length, mode=args.mode)
   return config, train.encoder_configs(config, None), True
 
 
