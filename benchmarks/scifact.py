@@ -404,6 +404,9 @@ FINETUNED_NAMES = {
 }
 
 
+# Code sizes of the accuracy-against-memory table (16, 48 and 96 bytes a passage): BPR with
+# model.code_bits (384 = MiniLM's own pooled vector, no head), DPR's LSH / PQ at equal size.
+CODE_SIZES_BITS = (128, 384, 768)
 DEV_QUERIES = 100
 DEV_SEED = 0
 
@@ -538,12 +541,15 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
       step(f"index-{kind}", [py, "-m", "bpr_jax.index", f"--codes={d / 'codes'}", f"--kind={kind}",
                              f"--output={d / f'index-{kind}'}"], d / f"index-{kind}" / "meta.json")
       baselines = "flat_ip,hnsw,lsh,pq" if mode == "dpr" else ""
+      # DPR's post-hoc codes at every size of the memory table (the index gives 384 bits)
+      sizes = ",".join(str(b) for b in CODE_SIZES_BITS) if mode == "dpr" else ""
       for split, suffix in (("dev", "-dev"), ("test", "")):
         out = d / f"eval-{kind}{suffix}.json"
         step(f"evaluate-{kind}{suffix}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}",
                                           f"--index={d / f'index-{kind}'}", f"--passages={corpus}",
                                           f"--beir_dir={beir}", f"--split={split}", "--k=10,100",
-                                          f"--baselines={baselines}", f"--embeddings={d / 'codes'}",
+                                          f"--baselines={baselines}", f"--baseline_bits={sizes}",
+                                          f"--embeddings={d / 'codes'}",
                                           "--num_single=50", f"--output={out}"], out)
 
 
@@ -559,10 +565,13 @@ def finetuned_rows(work: pathlib.Path, tag: str = "", split: str = "test") -> li
     config = json.loads((d / "train" / "config.json").read_text())
     steps = [json.loads(l)["step"] for l in (d / "train" / "metrics.jsonl").read_text().splitlines() if l.strip()]
     for r in json.loads(path.read_text()):
-      key = "pq" if r["name"].startswith("pq") else r["name"]  # 'pqB' when N < 256 (B bits)
+      base, sep, size = r["name"].partition("-")  # 'lsh-128bit': the baseline at another code size
+      if not (sep and size.endswith("bit") and size[:-3].isdigit()):
+        base, size = r["name"], ""
+      key = "pq" if base.startswith("pq") else base  # 'pqB' when N < 256 (B bits)
       if key not in names:
         continue
-      row = dict(r, name=names[key], evaluate_row=r["name"], mode=mode, split=split,
+      row = dict(r, name=names[key] + (f"-{size}" if size else ""), evaluate_row=r["name"], mode=mode, split=split,
                  train_steps=max(steps) if steps else None, batch_size=config["batch_size"],
                  seed=config["seed"], question_max_length=config["data"]["question_max_length"],
                  passage_max_length=config["data"]["passage_max_length"],

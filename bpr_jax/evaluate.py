@@ -48,6 +48,7 @@ from bpr_jax.io import atomic_write_text, load_npy
 from bpr_jax.search import two_stage_search
 
 BASELINES = ("flat_ip", "hnsw", "lsh", "pq")
+SIZED_BASELINES = ("lsh", "pq")  # their code size follows the index's code bits (or baseline_bits)
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 
@@ -387,6 +388,7 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
                    l: int = 1000, passages: str | os.PathLike | None = None,
                    baselines: Sequence[str] = (), embeddings: np.ndarray | None = None,
                    embedding_ids: np.ndarray | None = None,
+                   baseline_bits: Sequence[int] = (),
                    match: str = "string", num_single: int = 100, batch_size: int = 64,
                    ignore_identical_ids: bool = True,
                    log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
@@ -396,6 +398,10 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
   row -> id map (``index.ids`` for the binary index, whose rows an ``ivf``
   index renumbers; ``embedding_ids`` for the float baselines, default
   ``index.ids`` except for ``ivf``), and passage texts are read by id.
+
+  ``baseline_bits`` adds the code-size baselines (``lsh``, ``pq``) at other sizes than the
+  index's codes, for accuracy-against-memory tables: a row ``lsh-128bit`` has 128 random
+  hyperplanes, ``pq-128bit`` 16 sub-quantisers of 8 bits (16 bytes a passage).
   """
   if not questions.texts:
     raise ValueError("no questions to evaluate")
@@ -429,6 +435,14 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
                          "embedding rows (embedding_ids, the encode run's ids.npy)")
       embedding_ids = index.ids
     systems += float_systems(embeddings, index.code_bits, baselines, embedding_ids, log)
+    sized = [b for b in baselines if b in SIZED_BASELINES]
+    for bits in baseline_bits:
+      if bits < 8 or bits % 8:
+        raise ValueError(f"baseline code sizes must be whole bytes (multiples of 8 bits), got {bits}")
+      if bits == index.code_bits or not sized:
+        continue
+      for s in float_systems(embeddings, bits, sized, embedding_ids, log):
+        systems.append(dataclasses.replace(s, name=f"{s.name}-{bits}bit"))
   return evaluate_systems(systems, q_emb, scorer, num_single, log)
 
 
@@ -450,6 +464,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("l", 1000, "Stage-1 candidates.")
   flags.DEFINE_list("baselines", list(BASELINES),
                     "Float baselines (need float embeddings; skipped when there are none).")
+  flags.DEFINE_list("baseline_bits", [], "Also run the lsh / pq baselines at these code sizes "
+                    "(bits, multiples of 8; e.g. 128,768), named lsh-128bit, pq-128bit, ...")
   flags.DEFINE_string("embeddings", None, "Float passage embeddings (.npy or encode folder); "
                       "default: embeddings.npy of the index's encode run.")
   flags.DEFINE_enum("match", "string", ["string", "regex"], "QA answer matching.")
@@ -495,6 +511,7 @@ def main(argv: Sequence[str]) -> None:
     model = load_exported(f.model)
     rows = run_evaluation(model, index, questions, ks=ks, l=f.l, passages=f.passages,
                           baselines=baselines, embeddings=embeddings, embedding_ids=embedding_ids,
+                          baseline_bits=[int(b) for b in f.baseline_bits],
                           match=f.match, num_single=f.num_single, batch_size=f.batch_size,
                           ignore_identical_ids=f.ignore_identical_ids)
   except (ValueError, FileNotFoundError, KeyError) as e:

@@ -2,6 +2,7 @@
 loading in torch, encode and the index, and training from an HF checkpoint without a head."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file
 
-from bpr_jax import checkpoints, codes, export, train
+from bpr_jax import checkpoints, codes, export, parallel, train
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder, pool
 from bpr_jax.tokenization import Tokenizer
@@ -111,11 +112,22 @@ def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
   save_bert_dir(q0, tmp_path / "hf", tokenizer=tok)
   c = _tiny_config(init="hf", hf_dir=str(tmp_path / "hf"), code_bits=96)
   c.data.tokenizer_dir = str(tmp_path / "hf")
+  # Both towers start from one checkpoint, so their fresh heads start equal: <q, p> begins as
+  # the checkpoint's similarity through one projection (two independent random projections
+  # would start it as noise).
+  bert = train.encoder_configs(c, tok)
+  biencoder, params = train.build_biencoder(c, bert, load_weights=True, mesh=parallel.make_mesh())
+  params = jax.tree.map(np.asarray, params)
+  q_init, p_init = biencoder.question_module(params), biencoder.passage_module(params)
+  np.testing.assert_array_equal(q_init.code_head.dense.kernel.get_value(),
+                                p_init.code_head.dense.kernel.get_value())
+  np.testing.assert_array_equal(hf.state_dict_from_bert(q_init)["encoder.layer.0.output.dense.weight"],
+                                hf.state_dict_from_bert(q0)["encoder.layer.0.output.dense.weight"])
   train.train_and_evaluate(c, str(tmp_path / "run"))
   q, p, tok, settings = checkpoints.restore_encoders(str(tmp_path / "run"))
   assert q.code_bits == p.code_bits == 96 and settings["code_bits"] == 96
-  # the encoder weights started from the checkpoint; the two heads were initialised apart
-  assert not np.allclose(q.code_head.dense.kernel.get_value(), p.code_head.dense.kernel.get_value())
+  # the heads were trained (each tower its own)
+  assert not np.allclose(q.code_head.dense.kernel.get_value(), q_init.code_head.dense.kernel.get_value())
   export.save_exported(q, p, tok, settings, tmp_path / "export")
   model = export.load_exported(tmp_path / "export")
   vecs = model.encode_passages(TITLES, TEXTS)

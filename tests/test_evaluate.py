@@ -260,6 +260,22 @@ def test_qa_mode_and_errors(setup, tmp_path):
                       ks=[1], baselines=["pq"], log=None)
 
 
+def test_sized_baselines_at_other_code_sizes(separated):
+  """baseline_bits adds lsh / pq at other code sizes, named by size, with those bytes."""
+  index, model, questions, emb, _ = separated
+  rows = ev.run_evaluation(model, index, questions, ks=[1, 5], l=index.ntotal, baselines=["flat_ip", "lsh", "pq"],
+                           embeddings=emb, baseline_bits=[16, 64, 32], num_single=0, log=None)
+  by = {r["name"]: r for r in rows}
+  assert [r["name"] for r in rows][3:] == ["flat_ip", "lsh", "pq", "lsh-16bit", "pq-16bit",
+                                           "lsh-32bit", "pq-32bit"]  # 64 is the index's size
+  assert by["lsh-16bit"]["bytes_per_passage"] == 2 and by["lsh-32bit"]["bytes_per_passage"] == 4
+  assert by["pq-16bit"]["bytes_per_passage"] == 2 and by["pq-32bit"]["bytes_per_passage"] == 4
+  assert by["lsh"]["bytes_per_passage"] == 8
+  with pytest.raises(ValueError, match="multiples of 8"):
+    ev.run_evaluation(model, index, questions, ks=[1], baselines=["lsh"], embeddings=emb,
+                      baseline_bits=[12], log=None)
+
+
 def test_markdown_table():
   md = ev.markdown_table([{"name": "a", "recall@1": 0.5}, {"name": "b", "ms": 2.0, "recall@1": 1.0}])
   assert md.splitlines() == ["| name | recall@1 | ms |", "|---|---|---|",

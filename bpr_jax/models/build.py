@@ -102,8 +102,12 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
       if not code_bits or heads[path]:
         return hosts[path]
       return {**hosts[path], "code_head": jax.tree.map(np.asarray, nnx.split(make(seed).code_head)[1].to_pure_dict())}
+    # Both fresh heads get the same initial weights when both encoders start from the same
+    # checkpoint: the two towers then start as one function (as the two BERTs do), so <q, p> keeps
+    # the checkpoint's similarity. Two independent random projections would make it noise.
     params = ({"shared": with_head(dirs[0], config.seed)} if shared else
-              {"question": with_head(dirs[0], config.seed), "passage": with_head(dirs[-1], config.seed + 1)})
+              {"question": with_head(dirs[0], config.seed),
+               "passage": with_head(dirs[-1], config.seed if dirs[-1] == dirs[0] else config.seed + 1)})
     return biencoder, parallel.host_to_global(params, shardings)
   params = jax.jit(lambda: init()[1], out_shardings=shardings)()
   return biencoder, params
