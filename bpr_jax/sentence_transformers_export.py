@@ -93,14 +93,19 @@ def export_sentence_transformers(model_dir: PathLike, out_dir: PathLike) -> dict
   if not model_dir.is_dir():
     raise FileNotFoundError(f"exported model directory not found: {model_dir}")
   settings = export.read_settings(model_dir)
-  if settings["code_bits"] != settings["hidden_size"]:
-    raise ValueError(f"{model_dir} has a {settings['code_bits']}-dim code head (model.code_bits); the "
-                     "sentence-transformers export does not write it yet")
   parts = ((export.QUESTION_DIR, QUESTION_DIR, settings["question_max_length"]),
            (export.PASSAGE_DIR, PASSAGE_DIR, settings["passage_max_length"]))
   for source, _, _ in parts:
     if not (model_dir / source / hf.CONFIG_FILE).is_file():
       raise FileNotFoundError(f"missing {source}/{hf.CONFIG_FILE} in exported model {model_dir}")
+    # A code head (model.code_bits) is refused even when its width equals hidden_size: the
+    # vectors would silently lose it. sentence-transformers' LayerNorm module fixes eps at 1e-5
+    # (BERT's is 1e-12), so its output would not be this model's vectors.
+    head = hf.code_bits_of(hf.load_state_dict(model_dir / source))
+    if head:
+      raise ValueError(f"{model_dir / source} has a {head}-dim code head (model.code_bits); the "
+                       "sentence-transformers export cannot write it (its LayerNorm module has eps "
+                       "1e-5, the head's is the encoder's); use the exported model or transformers")
   with io.atomic_directory(out_dir) as tmp:
     for source, name, max_length in parts:
       (tmp / name).mkdir()

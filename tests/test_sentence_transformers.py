@@ -135,3 +135,21 @@ def test_errors(tmp_path):
   with pytest.raises(ValueError, match="pooling"):
     st_export.pooling_config("max", 8)
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("code_bits", [32, 16])
+def test_an_export_with_a_code_head_is_refused(tmp_path, code_bits):
+  """Also when the head is as wide as the encoder (32 here): its vectors must not lose the head."""
+  vocab = tmp_path / "vocab"
+  vocab.mkdir()
+  (vocab / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+  tokenizer = Tokenizer.from_dir(vocab)
+  config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
+  q = BertEncoder(config, code_bits=code_bits, rngs=nnx.Rngs(0))
+  settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8, "passage_max_length": 12,
+              "code_bits": code_bits, "hidden_size": 32, "shared_encoder": True}
+  export.save_exported(q, q, tokenizer, settings, tmp_path / "model")
+  with pytest.raises(ValueError, match=f"{code_bits}-dim code head"):
+    st_export.export_sentence_transformers(tmp_path / "model", tmp_path / "out")
+  assert not (tmp_path / "out").exists()
