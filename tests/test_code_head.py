@@ -54,6 +54,21 @@ def test_head_is_dense_then_layernorm_by_hand(parts):
     BertEncoder(config, code_bits=-1, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("code_bits", [64, 32, 16])
+def test_head_starts_orthogonal(parts, code_bits):
+  """An isometry of the pooled vectors when code_bits >= hidden (32 here), else a projection
+  with orthonormal columns; the bias starts at zero."""
+  _, config = parts
+  head = BertEncoder(config, code_bits=code_bits, rngs=nnx.Rngs(3)).code_head
+  k = np.asarray(head.dense.kernel.get_value())
+  gram = k @ k.T if code_bits >= config.hidden_size else k.T @ k
+  np.testing.assert_allclose(gram, np.eye(gram.shape[0]), atol=1e-5)
+  assert not np.asarray(head.dense.bias.get_value()).any()
+  if code_bits >= config.hidden_size:
+    x = np.random.default_rng(0).standard_normal((5, config.hidden_size)).astype(np.float32)
+    np.testing.assert_allclose((x @ k) @ (x @ k).T, x @ x.T, rtol=1e-4, atol=1e-4)
+
+
 def test_export_with_head_loads_and_matches_torch(parts, tmp_path):
   tokenizer, config = parts
   q = BertEncoder(config, pooling="cls", code_bits=64, rngs=nnx.Rngs(0))

@@ -266,12 +266,19 @@ class BertLayer(nnx.Module):
 
 
 class CodeHead(nnx.Module):
-  """dense + LayerNorm on the pooled vector (float32), as the authors' projection option."""
+  """dense + LayerNorm on the pooled vector (float32), as the authors' projection option.
+
+  The dense kernel starts orthogonal: with code_bits >= the pooled width it is an isometry (inner
+  products of pooled vectors kept exactly), below it a random orthogonal projection; LayerNorm
+  then leaves (about) the cosine of the pooled vectors. A head added to a pretrained encoder so
+  starts from the encoder's similarity. (BERT's N(0, 0.02) start scrambled it: a 384-bit head on
+  MiniLM reached SciFact dev nDCG@10 0.535 in 200 steps, below the untrained model.)
+  """
 
   def __init__(self, in_dim: int, code_bits: int, *, eps: float, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
     self.dense = nnx.Linear(in_dim, code_bits, dtype=jnp.float32, param_dtype=param_dtype,
-                            kernel_init=_normal_init(), rngs=rngs)
+                            kernel_init=nnx.initializers.orthogonal(), rngs=rngs)
     self.norm = nnx.LayerNorm(code_bits, epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype,
                               rngs=rngs)
 
