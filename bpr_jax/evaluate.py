@@ -8,7 +8,8 @@ Usage::
 
   python -m bpr_jax.evaluate --model=E --index=I --passages=P \
       (--qa=nq-test.csv | --beir_dir=DIR --split=test) --output=R.json \
-      [--k=1,5,20,100 --l=1000 --baselines=flat_ip,hnsw,lsh,pq --embeddings=EMB.npy]
+      [--k=1,5,20,100 --l=1000 --baselines=flat_ip,hnsw,lsh,pq --embeddings=EMB.npy
+       --baseline_bits=128,768]
 
 Rows (one JSON object each, also printed as a Markdown table):
 
@@ -21,6 +22,8 @@ Rows (one JSON object each, also printed as a Markdown table):
                            efSearch=128), post-hoc LSH with the same number of
                            bits (IndexLSH, random rotation) and PQ with the
                            same bytes (IndexPQ, M = bytes, 8 bits/code)
+  lsh-Nbit, pq-Nbit        the same two at other code sizes (--baseline_bits),
+                           for accuracy-against-memory tables
 
 Each row has ``recall@k`` for every k (answer recall / top-k accuracy on QA
 data, in the system's order; qrels recall on BEIR), ``ndcg@10`` and
