@@ -38,6 +38,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
   check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
   check(config.model.code_bits >= 0, f"model.code_bits must be >= 0 (0: no code head), got {config.model.code_bits}")
+  check(config.model.get("code_head_norm", 0.0) >= 0,
+        f"model.code_head_norm must be >= 0 (0: LayerNorm's scale 1), got {config.model.get('code_head_norm')}")
   check(config.model.get("attention", "auto") in ATTENTION_IMPLS,
         f"model.attention must be one of {ATTENTION_IMPLS}, got {config.model.get('attention')!r}")
   check(config.model.param_sharding in parallel.PARAM_RULES,
@@ -82,6 +84,7 @@ RESUME_FIELDS = (
     "mode", "seed", "batch_size", "num_train_steps", "num_epochs",
     "model.init", "model.hf_dir", "model.bert", "model.pooling", "model.dtype", "model.shared_encoder",
     "model.dropout", "model.attention_dropout", "model.fuse_passages", "model.code_bits",
+    "model.code_head_norm",
     "data.source", "data.train_path", "data.beir_dir", "data.train_split", "data.hard_negatives_json",
     "data.tfds_name", "data.tfds_data_dir", "data.tokenizer_dir", "data.question_max_length",
     "data.passage_max_length", "data.num_hard_negatives", "data.shuffle_positives", "data.skip_invalid",

@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = False
   c.model.param_sharding = "replicated"  # or 'fsdp'
   c.model.code_bits = 0          # 0: the code is the pooled vector (paper); N > 0: dense + LayerNorm to N dims
+  # A fresh code head's vectors start with this norm (LayerNorm scale init_norm / sqrt(N)), i.e. the
+  # scale of the rerank logits <e_q, h~p> at the start; 0: LayerNorm's scale 1 (norm sqrt(N), as the original).
+  c.model.code_head_norm = 0.0
   c.model.bert = ml_collections.ConfigDict(dict(
       vocab_size=0, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
       intermediate_size=3072, max_position_embeddings=512))

@@ -69,6 +69,16 @@ def test_head_starts_orthogonal(parts, code_bits):
     np.testing.assert_allclose((x @ k) @ (x @ k).T, x @ x.T, rtol=1e-4, atol=1e-4)
 
 
+def test_head_init_norm_sets_the_starting_norm(parts):
+  _, config = parts
+  x = np.random.default_rng(1).standard_normal((4, config.hidden_size)).astype(np.float32)
+  for init_norm, want in ((0.0, np.sqrt(64)), (6.0, 6.0)):
+    head = BertEncoder(config, code_bits=64, code_head_norm=init_norm, rngs=nnx.Rngs(0)).code_head
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(head(jnp.asarray(x))), axis=1), want, rtol=1e-3)
+  with pytest.raises(ValueError, match="init_norm must be >= 0"):
+    BertEncoder(config, code_bits=8, code_head_norm=-1.0, rngs=nnx.Rngs(0))
+
+
 def test_export_with_head_loads_and_matches_torch(parts, tmp_path):
   tokenizer, config = parts
   q = BertEncoder(config, pooling="cls", code_bits=64, rngs=nnx.Rngs(0))
@@ -125,7 +135,7 @@ def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
   train.train_and_evaluate(c, str(tmp_path / "base"))
   q0, _, tok, _ = checkpoints.restore_encoders(str(tmp_path / "base"))
   save_bert_dir(q0, tmp_path / "hf", tokenizer=tok)
-  c = _tiny_config(init="hf", hf_dir=str(tmp_path / "hf"), code_bits=96)
+  c = _tiny_config(init="hf", hf_dir=str(tmp_path / "hf"), code_bits=96, code_head_norm=4.0)
   c.data.tokenizer_dir = str(tmp_path / "hf")
   # Both towers start from one checkpoint, so their fresh heads start equal: <q, p> begins as
   # the checkpoint's similarity through one projection (two independent random projections
@@ -136,6 +146,7 @@ def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
   q_init, p_init = biencoder.question_module(params), biencoder.passage_module(params)
   np.testing.assert_array_equal(q_init.code_head.dense.kernel.get_value(),
                                 p_init.code_head.dense.kernel.get_value())
+  np.testing.assert_allclose(p_init.code_head.norm.scale.get_value(), 4.0 / np.sqrt(96), rtol=1e-6)
   np.testing.assert_array_equal(hf.state_dict_from_bert(q_init)["encoder.layer.0.output.dense.weight"],
                                 hf.state_dict_from_bert(q0)["encoder.layer.0.output.dense.weight"])
   train.train_and_evaluate(c, str(tmp_path / "run"))

@@ -275,12 +275,17 @@ class CodeHead(nnx.Module):
   MiniLM reached SciFact dev nDCG@10 0.535 in 200 steps, below the untrained model.)
   """
 
-  def __init__(self, in_dim: int, code_bits: int, *, eps: float, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, in_dim: int, code_bits: int, *, eps: float, init_norm: float = 0.0,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if init_norm < 0:
+      raise ValueError(f"code head init_norm must be >= 0 (0: LayerNorm's scale 1), got {init_norm}")
     self.dense = nnx.Linear(in_dim, code_bits, dtype=jnp.float32, param_dtype=param_dtype,
                             kernel_init=nnx.initializers.orthogonal(), rngs=rngs)
+    # init_norm > 0: LayerNorm's scale starts at init_norm / sqrt(code_bits), so the head's vectors
+    # start with norm ~init_norm instead of sqrt(code_bits) (the rerank logits' scale at the start).
+    scale = init_norm / math.sqrt(code_bits) if init_norm else 1.0
     self.norm = nnx.LayerNorm(code_bits, epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype,
-                              rngs=rngs)
+                              scale_init=nnx.initializers.constant(scale), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.norm(self.dense(x.astype(jnp.float32)))
@@ -291,7 +296,8 @@ class BertEncoder(nnx.Module):
 
   def __init__(self, config: BertConfig, *, pooling: str = "cls", dtype=jnp.float32,
                param_dtype=jnp.float32, remat: bool = False, attention: str = "auto",
-               scan_layers: bool = False, code_bits: int = 0, rngs: nnx.Rngs):
+               scan_layers: bool = False, code_bits: int = 0, code_head_norm: float = 0.0,
+               rngs: nnx.Rngs):
     if pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
     if attention not in ATTENTION_IMPLS:
@@ -301,7 +307,8 @@ class BertEncoder(nnx.Module):
     self.config = config
     self.code_bits = int(code_bits)
     self.code_head = (CodeHead(config.hidden_size, code_bits, eps=config.layer_norm_eps,
-                               param_dtype=param_dtype, rngs=rngs) if code_bits else None)
+                               init_norm=code_head_norm, param_dtype=param_dtype, rngs=rngs)
+                      if code_bits else None)
     self.pooling = pooling
     self.dtype = dtype
     self.param_dtype = param_dtype

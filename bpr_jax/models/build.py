@@ -71,7 +71,7 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
     return BertEncoder(bert, pooling=config.model.pooling, dtype=dtype, remat=config.model.remat,
                        attention=config.model.get("attention", "auto"),
                        scan_layers=config.model.get("scan_layers", False), code_bits=code_bits,
-                       rngs=nnx.Rngs(seed))
+                       code_head_norm=float(config.model.get("code_head_norm", 0.0)), rngs=nnx.Rngs(seed))
 
   def init():
     q = make(config.seed)
