@@ -77,6 +77,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -580,9 +581,8 @@ def finetuned_rows(work: pathlib.Path, tag: str = "", split: str = "test") -> li
     config = json.loads((d / "train" / "config.json").read_text())
     steps = [json.loads(l)["step"] for l in (d / "train" / "metrics.jsonl").read_text().splitlines() if l.strip()]
     for r in json.loads(path.read_text()):
-      base, sep, size = r["name"].partition("-")  # 'lsh-128bit': the baseline at another code size
-      if not (sep and size.endswith("bit") and size[:-3].isdigit()):
-        base, size = r["name"], ""
+      sized = re.fullmatch(r"(.+)-(\d+bit)", r["name"])  # 'lsh-128bit': a baseline at another code size
+      base, size = sized.groups() if sized else (r["name"], "")
       key = "pq" if base.startswith("pq") else base  # 'pqB' when N < 256 (B bits)
       if key not in names:
         continue
@@ -674,7 +674,7 @@ def target_checks(rows: list[dict], hash_gaps: dict | None = None) -> list[dict]
         check(f"BPR ({b}) {what}", bpr, size[key]["name"], size[key]["ndcg@10"], need, inclusive)
     check(f"BPR ({b}) above untrained MiniLM float (documents as pair, as BPR encodes them)", bpr,
           "minilm-float (pair)", by.get(("minilm-float", "pair")), 0.0, False)
-    gap = (hash_gaps or {}).get("ft-bpr" + (f"-{bpr['variant']}" if bpr.get("variant") else ""), {})
+    gap = (hash_gaps or {}).get(run_dir(pathlib.Path(), "bpr", bpr.get("variant", "")).name, {})
     if "tanh_final_minus_sign_points" in gap:
       g = gap["tanh_final_minus_sign_points"]
       out.append({"target": f"BPR ({b}): tanh(final beta e_p) vs sign(e_p) rerank gap <= 0.5 point "

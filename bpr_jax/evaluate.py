@@ -406,6 +406,9 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
   index's codes, for accuracy-against-memory tables: a row ``lsh-128bit`` has 128 random
   hyperplanes, ``pq-128bit`` 16 sub-quantisers of 8 bits (16 bytes a passage).
   """
+  bad = [b for b in baseline_bits if b < 8 or b % 8]
+  if bad:  # before any encoding
+    raise ValueError(f"baseline code sizes must be whole bytes (multiples of 8 bits), got {bad[0]}")
   if not questions.texts:
     raise ValueError("no questions to evaluate")
   for i, t in enumerate(questions.texts):
@@ -440,8 +443,6 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
     systems += float_systems(embeddings, index.code_bits, baselines, embedding_ids, log)
     sized = [b for b in baselines if b in SIZED_BASELINES]
     for bits in baseline_bits:
-      if bits < 8 or bits % 8:
-        raise ValueError(f"baseline code sizes must be whole bytes (multiples of 8 bits), got {bits}")
       if bits == index.code_bits or not sized:
         continue
       for s in float_systems(embeddings, bits, sized, embedding_ids, log):
