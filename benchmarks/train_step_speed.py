@@ -12,6 +12,8 @@ all-MiniLM-L6-v2 (from $BPR_SHARED_DIR/models), float32 unless said, on the same
   manual_no_attn_dropout  before with attention_dropout=0 (what its random numbers cost)
   after                   opt-in attention_dropout=0 with model.attention='auto' (on CPU the
                           einsum path; cuDNN/XLA jax.nn.dot_product_attention elsewhere)
+  after_rbg               after with rng_impl='rbg': the hidden-dropout masks drawn by XLA's
+                          RngBitGenerator instead of threefry (opt-in; other masks, same rates)
   after_xla               after with jax.nn.dot_product_attention's XLA implementation
   after_fused             after + one passage forward over positives and negatives
   after_scan              after + layers scanned (model.scan_layers): its compile time
@@ -58,6 +60,8 @@ VARIANTS = {
     "manual_no_attn_dropout": {**BEFORE, "model.attention_dropout": 0.0},
     "after": {"model.attention": "auto", "model.attention_dropout": 0.0, "model.scan_layers": False,
               "model.fuse_passages": False},
+    "after_rbg": {"model.attention": "auto", "model.attention_dropout": 0.0, "model.scan_layers": False,
+                  "model.fuse_passages": False, "rng_impl": "rbg"},
     "after_xla": {"model.attention": "xla", "model.attention_dropout": 0.0, "model.scan_layers": False,
                   "model.fuse_passages": False},
     "after_fused": {"model.attention_dropout": 0.0, "model.scan_layers": False, "model.fuse_passages": True},
@@ -119,7 +123,7 @@ class Variant:
     self.batch = parallel.global_batch(
         random_batch(np.random.default_rng(0), bert.vocab_size, args.batch, args.q_len, args.p_len,
                      args.negatives), mesh)
-    self.rng = jax.random.key(config.seed)
+    self.rng = train.dropout_key(config)
     self.state = state
     self.compiles: list[tuple[float, float]] = []
     self.compiled = self.compile()
@@ -147,7 +151,7 @@ class Variant:
     return {"variant": self.name, "overrides": self.overrides,
             "attention": self.config.model.attention, "attention_dropout": self.bert.attention_probs_dropout_prob,
             "hidden_dropout": self.bert.hidden_dropout_prob, "dtype": self.config.model.dtype, "scan_layers": self.config.model.scan_layers,
-            "fuse_passages": self.config.model.fuse_passages,
+            "fuse_passages": self.config.model.fuse_passages, "rng_impl": self.config.rng_impl,
             "compile_s": round(statistics.median(a + b for a, b in self.compiles), 2),
             "trace_lower_s": round(statistics.median(a for a, _ in self.compiles), 2),
             "xla_compile_s": round(statistics.median(b for _, b in self.compiles), 2),

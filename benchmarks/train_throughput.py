@@ -108,7 +108,7 @@ def measure(name: str, config, bert: BertConfig, *, load_weights: bool, warmup: 
                     out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
   build_s = time.perf_counter() - t0
   batch = parallel.global_batch(random_batch(np.random.default_rng(0), bert.vocab_size, b, q_len, p_len, n), mesh)
-  rng = jax.random.key(config.seed)
+  rng = train.dropout_key(config)
 
   t0 = time.perf_counter()
   for _ in range(warmup):

@@ -20,6 +20,7 @@ from bpr_jax.tokenization import Tokenizer
 
 MODES = losses.MODES
 SOURCES = ("tiny", "dpr_json", "beir", "tfds")
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 class TrainingError(RuntimeError):
@@ -32,6 +33,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not cond:
       raise ValueError(f"config: {message}")
   check(config.mode in MODES, f"mode must be one of {MODES}, got {config.mode!r}")
+  check(config.get("rng_impl", "threefry2x32") in RNG_IMPLS,
+        f"rng_impl must be one of {RNG_IMPLS}, got {config.get('rng_impl')!r}")
   check(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
   check(config.num_train_steps > 0 or config.num_epochs > 0, "set num_epochs or num_train_steps")
   check(config.model.init in ("hf", "random"), f"model.init must be 'hf' or 'random', got {config.model.init!r}")
@@ -81,7 +84,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # data.token_cache_dir (where token ids are kept).  tests/test_train.py checks that every field of configs/common.py is either
 # listed here or in RESUME_FREE.
 RESUME_FIELDS = (
-    "mode", "seed", "batch_size", "num_train_steps", "num_epochs",
+    "mode", "seed", "rng_impl", "batch_size", "num_train_steps", "num_epochs",
     "model.init", "model.hf_dir", "model.bert", "model.pooling", "model.dtype", "model.shared_encoder",
     "model.dropout", "model.attention_dropout", "model.fuse_passages", "model.code_bits",
     "model.code_head_norm",

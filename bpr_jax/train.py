@@ -132,6 +132,16 @@ def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, 
   return losses.dpr_loss(q, pos, neg)
 
 
+def dropout_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The run's dropout key: config.seed under config.rng_impl (each step folds its step number in).
+
+  'rbg' / 'unsafe_rbg' draw the masks with XLA's RngBitGenerator, cheaper than threefry's
+  counter hashing on CPU (benchmarks/train_step_speed.py, variant after_rbg); the masks differ,
+  the distribution does not.
+  """
+  return jax.random.key(config.seed, impl=config.get("rng_impl", "threefry2x32"))
+
+
 def make_beta_schedule(config: ml_collections.ConfigDict, total_steps: int | None = None):
   """step -> beta of the hash layer, from config.loss (see `schedules.beta_schedule`)."""
   return schedules.beta_schedule(config.loss.beta_schedule, gamma=config.loss.gamma,
@@ -312,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        out_shardings=(state_shardings, parallel.replicated(mesh)),
                        donate_argnums=(0,))
   eval_encode = jax.jit(make_eval_encode(biencoder, config))
-  rng = jax.random.key(config.seed)
+  rng = dropout_key(config)
 
   writer = MetricWriter(workdir)
   start = int(jax.device_get(state["step"]))

@@ -18,6 +18,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "bpr"                 # 'bpr' (hash layer, L_cand + L_rerank) or 'dpr' (baseline)
   c.seed = 42
+  # PRNG of the dropout masks: 'threefry2x32' (JAX's default; what the paper configs train with)
+  # or 'rbg' / 'unsafe_rbg' (XLA's RngBitGenerator: cheaper random bits, other masks; MaxText's
+  # choice). Parameter init always uses threefry, so a fresh model starts the same either way.
+  c.rng_impl = "threefry2x32"
   c.batch_size = 128             # global batch over all devices and hosts
   c.num_epochs = 40
   c.num_train_steps = -1         # > 0 overrides num_epochs

@@ -48,3 +48,24 @@ def test_average_rank_by_hand_sign_tanh_and_float():
   assert train.average_rank(q, p, "bpr", beta=10.0) == pytest.approx(1.0)
   p2 = np.array([[0.9, -0.1], [-0.2, 0.8], [-0.5, -0.4]], np.float32)  # signs separate all three
   assert train.average_rank(q, p2, "dpr") == 0.0 and train.average_rank(q, p2, "bpr") == 0.0
+
+
+def test_rbg_dropout_key_trains_other_masks_and_is_a_resume_setting(tmp_path):
+  import jax
+  from bpr_jax.run_config import TrainingError
+  config = shrunk_config(num_train_steps=4, eval_every=0, checkpoint_every=2, log_every=2, rng_impl="rbg")
+  key = train.dropout_key(config)
+  assert "rbg" in str(jax.random.key_impl(key))
+  # the masks follow the rate under either impl; the same seed gives other masks
+  keep = [jax.random.bernoulli(jax.random.fold_in(k, 3), 0.9, (20000,))
+          for k in (key, train.dropout_key(shrunk_config()))]
+  assert all(abs(float(m.mean()) - 0.9) < 0.01 for m in keep) and bool((keep[0] != keep[1]).any())
+  train.train_and_evaluate(config, str(tmp_path))
+  logged = [r for r in _metrics(tmp_path) if "loss" in r]
+  assert logged and all(r["loss"] == r["loss"] for r in logged)  # finite, not NaN
+  config.num_train_steps = 6
+  config.rng_impl = "threefry2x32"  # other masks from here on: refused, named
+  with pytest.raises(TrainingError, match="rng_impl"):
+    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match="rng_impl"):
+    train.validate_config(shrunk_config(rng_impl="philox"))
