@@ -86,6 +86,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
 from benchmarks.common import REPO, log, shared_dir  # noqa: E402
+from bpr_jax import cpu_env  # noqa: E402
 
 DOC_FORMATS = ("single", "pair")
 MAX_LENGTH = 256
@@ -513,7 +514,7 @@ def run_dir(work: pathlib.Path, mode: str, tag: str = "") -> pathlib.Path:
   return work / (f"ft-{mode}-{tag}" if tag else f"ft-{mode}")
 
 
-def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "") -> None:
+def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "", allocator: str = "auto") -> None:
   """Mine, train, export, encode, index and evaluate with the project's commands."""
   py = sys.executable
   work.mkdir(parents=True, exist_ok=True)
@@ -524,6 +525,7 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
   hn = work / "hard_negatives_train.json"
   env = dict(os.environ, BPR_SHARED_DIR=str(shared_dir()), BPR_SCIFACT_HARD_NEGATIVES=str(hn))
   env.setdefault("OPENBLAS_NUM_THREADS", "1")
+  env = cpu_env.with_allocator(env, allocator)  # no value changes: the steps fault less (cpu_env.py)
   if not hn.exists():
     run_command([py, "-m", "bpr_jax.mine_negatives", f"--beir_dir={beir}", "--split=train",
                  f"--output={hn}"], env, work / "mine.log")
@@ -839,6 +841,8 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--stage", choices=("encode", "untrained", "crosscheck", "finetune", "report", "all"), default="all")
+  p.add_argument("--allocator", default="auto", choices=cpu_env.ALLOCATORS,
+                 help="memory-allocator settings of the project commands it runs (bpr_jax/cpu_env.py)")
   p.add_argument("--work_dir", default=os.environ.get("BPR_SCIFACT_WORK", "/tmp/bpr-scifact-bench"))
   p.add_argument("--formats", default="single,pair")
   p.add_argument("--batch_size", type=int, default=32)
@@ -860,7 +864,7 @@ def main(argv=None) -> None:
   if args.stage in ("crosscheck", "all"):
     stage_crosscheck(work, formats)
   if args.stage == "finetune":
-    stage_finetune(work, [m for m in args.modes.split(",") if m], args.override, args.tag)
+    stage_finetune(work, [m for m in args.modes.split(",") if m], args.override, args.tag, args.allocator)
   if args.stage in ("report", "all"):
     stage_report(work, pathlib.Path(args.results_dir))
 

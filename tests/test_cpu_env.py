@@ -1,0 +1,56 @@
+"""The CPU allocator settings: what they set, that a shell can take them, and that no value changes."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bpr_jax import cpu_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_auto_takes_jemalloc_where_installed_else_huge_pages(tmp_path):
+  lib = tmp_path / "libjemalloc.so.2"
+  lib.write_bytes(b"")
+  env = cpu_env.allocator_env("auto", {"LD_PRELOAD": "/x/other.so"}, jemalloc_paths=(str(lib),))
+  assert env == {"LD_PRELOAD": f"{lib}:/x/other.so", "MALLOC_CONF": cpu_env.JEMALLOC_CONF}
+  assert cpu_env.active_allocator(env) == "jemalloc"
+  missing = (str(tmp_path / "none.so"),)
+  env = cpu_env.allocator_env("auto", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, jemalloc_paths=missing)
+  assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"}
+  assert cpu_env.active_allocator(env) == "thp"
+  assert cpu_env.allocator_env("thp", {}) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert cpu_env.allocator_env("default", {"LD_PRELOAD": "x"}) == {}
+  assert cpu_env.active_allocator({}) == "default"
+  # applied twice: nothing doubles
+  twice = cpu_env.with_allocator(cpu_env.with_allocator({}, "thp"), "thp")
+  assert twice["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_bad_or_missing_allocator_is_an_error(tmp_path):
+  with pytest.raises(ValueError, match="allocator"):
+    cpu_env.allocator_env("tcmalloc", {})
+  with pytest.raises(FileNotFoundError, match="libjemalloc"):
+    cpu_env.allocator_env("jemalloc", {}, jemalloc_paths=(str(tmp_path / "none.so"),))
+
+
+def test_the_printed_exports_run_jax_with_the_same_values():
+  """`eval "$(python -m bpr_jax.cpu_env)"` then a jitted step: same bits as the default allocator."""
+  out = subprocess.run([sys.executable, "-m", "bpr_jax.cpu_env", "--allocator=thp"], cwd=REPO,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "export GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
+  prog = ("import jax, jax.numpy as jnp, numpy as np;"
+          "from bpr_jax import cpu_env;"
+          "x = jnp.asarray(np.random.default_rng(0).standard_normal((512, 512), np.float32));"
+          "f = jax.jit(lambda a: jax.nn.gelu(a @ a.T).sum(axis=1));"
+          "print(cpu_env.active_allocator(), np.asarray(f(x)).tobytes().hex()[:64])")
+  results = []
+  for allocator in ("default", "auto"):
+    shell = "" if allocator == "default" else f'eval "$({sys.executable} -m bpr_jax.cpu_env --allocator={allocator})" && '
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")}
+    proc = subprocess.run(["bash", "-c", f"{shell}{sys.executable} -c '{prog}'"], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=True)
+    results.append(proc.stdout.split())
+  assert results[0][0] == "default" and results[1][0] in ("jemalloc", "thp")
+  assert results[0][1] == results[1][1]
