@@ -5,21 +5,23 @@ with malloc, and glibc serves blocks that size with a fresh mmap and returns the
 Every step then faults its whole working set in again, one 4 KiB page at a time, and the kernel
 zeroes each page: measured with MiniLM BPR at batch 16, q 64 / p 256 on a 2-core Xeon, 1.35M
 minor page faults and ~2.5-3.4 s of system time per step next to 8.7 s of user time
-(benchmarks/train_step_speed.py --processes). Two fixes, both set before the process starts:
+(benchmarks/train_step_allocators.py). Two fixes, both set before the process starts:
 
-  jemalloc  LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1:
-            freed pages stay mapped and are reused next step (system time ~0). The resident
-            memory grows to the step's peak working set and stays there (11 GB vs 6 GB peak
-            for that step).
-  thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35): the mmapped blocks use 2 MiB
-            transparent huge pages, ~170x fewer faults; the kernel still zeroes them each step.
+  thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35; `auto` is this): the mmapped
+            blocks use 2 MiB transparent huge pages, ~170x fewer faults; the kernel still zeroes
+            them each step, and glibc still returns them, so memory stays what it was.
+  jemalloc  LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
+            (explicit only; `apt install libjemalloc2`): freed pages are never returned and are
+            reused next step (system time ~0) -- for ONE fixed batch shape. With the pipeline's
+            bucketed shapes each new shape's buffers add to what is kept: a 200-step SciFact run
+            grew past 24 GB and was OOM-killed at step ~75. With jemalloc's default decay (10 s)
+            the faults come back (steps are slower than the decay).
 
-`auto` takes jemalloc where its library is installed (Debian/Ubuntu: `apt install libjemalloc2`),
-else thp. Neither changes a computed value: the same step gives bit-identical losses.
+Neither changes a computed value: the same step gives bit-identical losses.
 Accelerator backends allocate device memory through their own allocators; this is for CPU runs.
 
   eval "$(python -m bpr_jax.cpu_env)"            # then run training in this shell
-  eval "$(python -m bpr_jax.cpu_env --allocator=thp)"
+  eval "$(python -m bpr_jax.cpu_env --allocator=jemalloc)"   # one fixed batch shape only
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ def _prepend(value: str, current: str | None, sep: str) -> str:
 def allocator_env(allocator: str = "auto", environ=None, *, jemalloc_paths=JEMALLOC_PATHS) -> dict[str, str]:
   """The variables to set (merged with `environ`'s own) for `allocator`; {} for 'default'.
 
+  'auto' is 'thp': it needs nothing installed and keeps memory bounded under changing shapes.
+
   Raises ValueError for an unknown allocator, and FileNotFoundError for 'jemalloc' where no
   libjemalloc.so.2 is installed (nothing is changed then).
   """
@@ -62,7 +66,7 @@ def allocator_env(allocator: str = "auto", environ=None, *, jemalloc_paths=JEMAL
   environ = os.environ if environ is None else environ
   if allocator == "default":
     return {}
-  lib = find_jemalloc(jemalloc_paths) if allocator in ("auto", "jemalloc") else None
+  lib = find_jemalloc(jemalloc_paths) if allocator == "jemalloc" else None
   if allocator == "jemalloc" and lib is None:
     raise FileNotFoundError(f"no libjemalloc.so.2 in {', '.join(jemalloc_paths)} (set $BPR_JEMALLOC, or "
                             "install it: apt install libjemalloc2); --allocator=thp needs nothing installed")
@@ -88,8 +92,8 @@ def active_allocator(environ=None) -> str:
 
 
 def hint() -> str:
-  return ('CPU training under the default allocator: each step faults its buffers in again (~25% of '
-          'the step on a 2-core Xeon); run `eval "$(python -m bpr_jax.cpu_env)"` first (see bpr_jax/cpu_env.py)')
+  return ('CPU training under the default allocator: each step faults its buffers in again (a quarter '
+          'of the CPU time on a 2-core Xeon); run `eval "$(python -m bpr_jax.cpu_env)"` first (see bpr_jax/cpu_env.py)')
 
 
 def main(argv=None) -> int:
