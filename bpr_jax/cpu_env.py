@@ -4,24 +4,26 @@ On the CPU backend XLA allocates each step's activation buffers (tens to hundred
 with malloc, and glibc serves blocks that size with a fresh mmap and returns them with munmap.
 Every step then faults its whole working set in again, one 4 KiB page at a time, and the kernel
 zeroes each page: measured with MiniLM BPR at batch 16, q 64 / p 256 on a 2-core Xeon, 1.35M
-minor page faults and ~2.5-3.4 s of system time per step next to 8.7 s of user time
-(benchmarks/train_step_allocators.py). Two fixes, both set before the process starts:
+minor page faults and 1.7-2.0 s of system time per step next to 8.2-9.6 s of user time (idle box)
+(benchmarks/train_step_allocators.py). Two settings change that, both set before the process
+starts, neither the default, because neither is a safe win:
 
-  thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35; `auto` is this): the mmapped
-            blocks use 2 MiB transparent huge pages, ~170x fewer faults; the kernel still zeroes
-            them each step, and glibc still returns them, so memory stays what it was.
   jemalloc  LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
-            (explicit only; `apt install libjemalloc2`): freed pages are never returned and are
-            reused next step (system time ~0) -- for ONE fixed batch shape. With the pipeline's
-            bucketed shapes each new shape's buffers add to what is kept: a 200-step SciFact run
-            grew past 24 GB and was OOM-killed at step ~75. With jemalloc's default decay (10 s)
-            the faults come back (steps are slower than the decay).
+            (`apt install libjemalloc2`): freed pages are never returned and are reused next step
+            (system time ~0; 4.58 s/step against 6.06 under glibc in the same 4-worker run). For
+            ONE fixed batch shape only: with the pipeline's bucketed shapes each new shape's
+            buffers add to what is kept, and a 200-step SciFact run grew past 24 GB and was
+            OOM-killed at step ~75. With jemalloc's default decay (10 s) the faults come back.
+  thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35): 2 MiB transparent huge pages,
+            ~150x fewer faults, but the kernel's compaction and zeroing of huge pages made the
+            step slower on an idle box (9.72 s against 5.33, system time 10.6 s/step) while it
+            was faster under load: measure before using it.
 
 Neither changes a computed value: the same step gives bit-identical losses.
 Accelerator backends allocate device memory through their own allocators; this is for CPU runs.
 
-  eval "$(python -m bpr_jax.cpu_env)"            # then run training in this shell
   eval "$(python -m bpr_jax.cpu_env --allocator=jemalloc)"   # one fixed batch shape only
+  python benchmarks/train_step_allocators.py                  # the comparison, side by side
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import os
 import shlex
 import sys
 
-ALLOCATORS = ("auto", "jemalloc", "thp", "default")
+ALLOCATORS = ("default", "jemalloc", "thp")
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 THP_TUNABLE = "glibc.malloc.hugetlb=1"
 JEMALLOC_PATHS = (
@@ -53,10 +55,8 @@ def _prepend(value: str, current: str | None, sep: str) -> str:
   return sep.join([value] + [p for p in parts if p != value])
 
 
-def allocator_env(allocator: str = "auto", environ=None, *, jemalloc_paths=JEMALLOC_PATHS) -> dict[str, str]:
+def allocator_env(allocator: str = "default", environ=None, *, jemalloc_paths=JEMALLOC_PATHS) -> dict[str, str]:
   """The variables to set (merged with `environ`'s own) for `allocator`; {} for 'default'.
-
-  'auto' is 'thp': it needs nothing installed and keeps memory bounded under changing shapes.
 
   Raises ValueError for an unknown allocator, and FileNotFoundError for 'jemalloc' where no
   libjemalloc.so.2 is installed (nothing is changed then).
@@ -76,7 +76,7 @@ def allocator_env(allocator: str = "auto", environ=None, *, jemalloc_paths=JEMAL
   return {"GLIBC_TUNABLES": _prepend(THP_TUNABLE, environ.get("GLIBC_TUNABLES"), ":")}
 
 
-def with_allocator(environ: dict, allocator: str = "auto") -> dict:
+def with_allocator(environ: dict, allocator: str = "default") -> dict:
   """A copy of `environ` with `allocator`'s settings applied (for subprocesses)."""
   return {**environ, **allocator_env(allocator, environ)}
 
@@ -91,14 +91,9 @@ def active_allocator(environ=None) -> str:
   return "default"
 
 
-def hint() -> str:
-  return ('CPU training under the default allocator: each step faults its buffers in again (a quarter '
-          'of the CPU time on a 2-core Xeon); run `eval "$(python -m bpr_jax.cpu_env)"` first (see bpr_jax/cpu_env.py)')
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description="Print shell `export` lines of the CPU allocator settings.")
-  p.add_argument("--allocator", default="auto", choices=ALLOCATORS)
+  p.add_argument("--allocator", required=True, choices=ALLOCATORS)
   args = p.parse_args(argv)
   try:
     env = allocator_env(args.allocator)

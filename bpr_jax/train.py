@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from bpr_jax import checkpoints, codes, cpu_env, losses, parallel, schedules
+from bpr_jax import checkpoints, codes, losses, parallel, schedules
 from bpr_jax.data import pipeline
 from bpr_jax.models.biencoder import BiEncoder, tokens_of
 from bpr_jax.models.build import build_biencoder, encoder_configs
@@ -272,8 +272,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   resuming = check_resume(config, workdir) is not None  # before any file in the workdir is written
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
-  if jax.default_backend() == "cpu" and cpu_env.active_allocator() == "default":
-    logging.warning(cpu_env.hint())
   logging.info("mesh: %d devices over %d processes (%s)", jax.device_count(), jax.process_count(),
                jax.devices()[0].platform)
 

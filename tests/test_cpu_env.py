@@ -10,17 +10,17 @@ from bpr_jax import cpu_env
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_auto_is_huge_pages_and_jemalloc_is_explicit(tmp_path):
+def test_each_allocator_sets_its_variables_and_nothing_else(tmp_path):
   lib = tmp_path / "libjemalloc.so.2"
   lib.write_bytes(b"")
   env = cpu_env.allocator_env("jemalloc", {"LD_PRELOAD": "/x/other.so"}, jemalloc_paths=(str(lib),))
   assert env == {"LD_PRELOAD": f"{lib}:/x/other.so", "MALLOC_CONF": cpu_env.JEMALLOC_CONF}
   assert cpu_env.active_allocator(env) == "jemalloc"
-  # auto never preloads jemalloc, installed or not: its memory grows with each batch shape
-  env = cpu_env.allocator_env("auto", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, jemalloc_paths=(str(lib),))
+  env = cpu_env.allocator_env("thp", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, jemalloc_paths=(str(lib),))
   assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"}
   assert cpu_env.active_allocator(env) == "thp"
   assert cpu_env.allocator_env("thp", {}) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert cpu_env.allocator_env() == {}  # the default changes nothing
   assert cpu_env.allocator_env("default", {"LD_PRELOAD": "x"}) == {}
   assert cpu_env.active_allocator({}) == "default"
   # applied twice: nothing doubles
@@ -46,7 +46,7 @@ def test_the_printed_exports_run_jax_with_the_same_values():
           "f = jax.jit(lambda a: jax.nn.gelu(a @ a.T).sum(axis=1));"
           "print(cpu_env.active_allocator(), np.asarray(f(x)).tobytes().hex()[:64])")
   results = []
-  for allocator in ("default", "auto"):
+  for allocator in ("default", "thp"):
     shell = "" if allocator == "default" else f'eval "$({sys.executable} -m bpr_jax.cpu_env --allocator={allocator})" && '
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")}
     proc = subprocess.run(["bash", "-c", f"{shell}{sys.executable} -c '{prog}'"], cwd=REPO, env=env,
