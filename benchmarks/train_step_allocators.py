@@ -26,7 +26,6 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
@@ -35,7 +34,6 @@ from bpr_jax import cpu_env  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "train_step_allocators.json"
 DEFAULT_COMBOS = "before:default,after:default,after:thp,after:jemalloc"
-_OURS = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")
 
 
 def worker(args) -> None:
@@ -63,8 +61,7 @@ def worker(args) -> None:
 class Worker:
   def __init__(self, variant: str, allocator: str, args):
     self.variant, self.allocator, self.steps = variant, allocator, []
-    env = {k: v for k, v in os.environ.items() if k not in _OURS}
-    self.env = cpu_env.with_allocator(env, allocator)
+    self.env = cpu_env.with_allocator(cpu_env.without_allocator(dict(os.environ)), allocator)
     cmd = [sys.executable, __file__, f"--worker={variant}", f"--batch={args.batch}", f"--q_len={args.q_len}",
            f"--p_len={args.p_len}", f"--negatives={args.negatives}", f"--warmup={args.warmup}"]
     self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -94,7 +91,7 @@ class Worker:
   def row(self, peak: dict) -> dict:
     med = lambda k: statistics.median(s[k] for s in self.steps)  # noqa: E731
     return {"variant": self.variant, "allocator": self.allocator,
-            "env": {k: self.env[k] for k in _OURS if k in self.env},
+            "env": {k: self.env[k] for k in cpu_env.VARIABLES if k in self.env},
             "compile_s": self.ready["compile_s"], "step_s_median": round(med("step_s"), 4),
             "step_s_all": [round(s["step_s"], 4) for s in self.steps],
             "minor_faults_per_step": int(med("minflt")), "user_s_per_step": round(med("utime_s"), 3),

@@ -35,6 +35,7 @@ import sys
 ALLOCATORS = ("default", "jemalloc", "thp")
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 THP_TUNABLE = "glibc.malloc.hugetlb=1"
+VARIABLES = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")  # what the settings below set
 JEMALLOC_PATHS = (
     "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
     "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2",
@@ -64,16 +65,21 @@ def allocator_env(allocator: str = "default", environ=None, *, jemalloc_paths=JE
   if allocator not in ALLOCATORS:
     raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}")
   environ = os.environ if environ is None else environ
-  if allocator == "default":
-    return {}
-  lib = find_jemalloc(jemalloc_paths) if allocator == "jemalloc" else None
-  if allocator == "jemalloc" and lib is None:
-    raise FileNotFoundError(f"no libjemalloc.so.2 in {', '.join(jemalloc_paths)} (set $BPR_JEMALLOC, or "
-                            "install it: apt install libjemalloc2); --allocator=thp needs nothing installed")
-  if lib is not None:
+  if allocator == "thp":
+    return {"GLIBC_TUNABLES": _prepend(THP_TUNABLE, environ.get("GLIBC_TUNABLES"), ":")}
+  if allocator == "jemalloc":
+    lib = find_jemalloc(jemalloc_paths)
+    if lib is None:
+      raise FileNotFoundError(f"no libjemalloc.so.2 in {', '.join(jemalloc_paths)} (set $BPR_JEMALLOC, or "
+                              "install it: apt install libjemalloc2); --allocator=thp needs nothing installed")
     return {"LD_PRELOAD": _prepend(lib, environ.get("LD_PRELOAD"), ":"),
             "MALLOC_CONF": _prepend(JEMALLOC_CONF, environ.get("MALLOC_CONF"), ",")}
-  return {"GLIBC_TUNABLES": _prepend(THP_TUNABLE, environ.get("GLIBC_TUNABLES"), ":")}
+  return {}
+
+
+def without_allocator(environ: dict) -> dict:
+  """A copy of `environ` without the variables any of these settings sets (the default allocator)."""
+  return {k: v for k, v in environ.items() if k not in VARIABLES}
 
 
 def with_allocator(environ: dict, allocator: str = "default") -> dict:

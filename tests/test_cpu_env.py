@@ -36,7 +36,7 @@ def test_bad_or_missing_allocator_is_an_error(tmp_path):
 
 
 def test_the_printed_exports_run_jax_with_the_same_values():
-  """`eval "$(python -m bpr_jax.cpu_env)"` then a jitted step: same bits as the default allocator."""
+  """`eval "$(python -m bpr_jax.cpu_env --allocator=thp)"`, then a jitted function: same bits as the default."""
   out = subprocess.run([sys.executable, "-m", "bpr_jax.cpu_env", "--allocator=thp"], cwd=REPO,
                        capture_output=True, text=True, check=True).stdout
   assert out.strip() == "export GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
@@ -48,7 +48,7 @@ def test_the_printed_exports_run_jax_with_the_same_values():
   results = []
   for allocator in ("default", "thp"):
     shell = "" if allocator == "default" else f'eval "$({sys.executable} -m bpr_jax.cpu_env --allocator={allocator})" && '
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")}
+    env = cpu_env.without_allocator(dict(os.environ))
     proc = subprocess.run(["bash", "-c", f"{shell}{sys.executable} -c '{prog}'"], cwd=REPO, env=env,
                           capture_output=True, text=True, check=True)
     results.append(proc.stdout.split())
