@@ -32,9 +32,12 @@ import os
 import shlex
 import sys
 
-ALLOCATORS = ("default", "jemalloc", "thp")
+ALLOCATORS = ("default", "heap", "jemalloc", "thp")
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 THP_TUNABLE = "glibc.malloc.hugetlb=1"
+# glibc keeps big blocks in its heap (no mmap per block) and never gives the top of the heap back:
+# freed buffers are coalesced and reused next step; the heap stays at the peak working set.
+HEAP_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776:glibc.malloc.arena_max=1"
 VARIABLES = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")  # what the settings below set
 JEMALLOC_PATHS = (
     "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
@@ -65,6 +68,8 @@ def allocator_env(allocator: str = "default", environ=None, *, jemalloc_paths=JE
   if allocator not in ALLOCATORS:
     raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}")
   environ = os.environ if environ is None else environ
+  if allocator == "heap":
+    return {"GLIBC_TUNABLES": _prepend(HEAP_TUNABLES, environ.get("GLIBC_TUNABLES"), ":")}
   if allocator == "thp":
     return {"GLIBC_TUNABLES": _prepend(THP_TUNABLE, environ.get("GLIBC_TUNABLES"), ":")}
   if allocator == "jemalloc":
@@ -92,6 +97,8 @@ def active_allocator(environ=None) -> str:
   environ = os.environ if environ is None else environ
   if "jemalloc" in environ.get("LD_PRELOAD", ""):
     return "jemalloc"
+  if HEAP_TUNABLES in environ.get("GLIBC_TUNABLES", ""):
+    return "heap"
   if THP_TUNABLE in environ.get("GLIBC_TUNABLES", ""):
     return "thp"
   return "default"

@@ -20,6 +20,10 @@ def test_each_allocator_sets_its_variables_and_nothing_else(tmp_path):
   assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"}
   assert cpu_env.active_allocator(env) == "thp"
   assert cpu_env.allocator_env("thp", {}) == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  env = cpu_env.allocator_env("heap", {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
+  assert env == {"GLIBC_TUNABLES": cpu_env.HEAP_TUNABLES + ":glibc.malloc.tcache_count=0"}
+  assert cpu_env.active_allocator(env) == "heap"
+  assert "glibc.malloc.mmap_max=0" in cpu_env.HEAP_TUNABLES and "glibc.malloc.arena_max=1" in cpu_env.HEAP_TUNABLES
   assert cpu_env.allocator_env() == {}  # the default changes nothing
   assert cpu_env.allocator_env("default", {"LD_PRELOAD": "x"}) == {}
   assert cpu_env.active_allocator({}) == "default"
@@ -36,7 +40,7 @@ def test_bad_or_missing_allocator_is_an_error(tmp_path):
 
 
 def test_the_printed_exports_run_jax_with_the_same_values():
-  """`eval "$(python -m bpr_jax.cpu_env --allocator=thp)"`, then a jitted function: same bits as the default."""
+  """`eval "$(python -m bpr_jax.cpu_env --allocator=thp|heap)"`, then a jitted function: same bits as the default."""
   out = subprocess.run([sys.executable, "-m", "bpr_jax.cpu_env", "--allocator=thp"], cwd=REPO,
                        capture_output=True, text=True, check=True).stdout
   assert out.strip() == "export GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
@@ -46,11 +50,11 @@ def test_the_printed_exports_run_jax_with_the_same_values():
           "f = jax.jit(lambda a: jax.nn.gelu(a @ a.T).sum(axis=1));"
           "print(cpu_env.active_allocator(), np.asarray(f(x)).tobytes().hex()[:64])")
   results = []
-  for allocator in ("default", "thp"):
+  for allocator in ("default", "thp", "heap"):
     shell = "" if allocator == "default" else f'eval "$({sys.executable} -m bpr_jax.cpu_env --allocator={allocator})" && '
     env = cpu_env.without_allocator(dict(os.environ))
     proc = subprocess.run(["bash", "-c", f"{shell}{sys.executable} -c '{prog}'"], cwd=REPO, env=env,
                           capture_output=True, text=True, check=True)
     results.append(proc.stdout.split())
-  assert results[0][0] == "default" and results[1][0] == "thp"
-  assert results[0][1] == results[1][1]
+  assert [r[0] for r in results] == ["default", "thp", "heap"]
+  assert results[0][1] == results[1][1] == results[2][1]
