@@ -483,14 +483,16 @@ def make_dev_split(beir_dir: pathlib.Path, out_dir: pathlib.Path, num_dev: int =
   return info
 
 
-def select_on_dev(rows: list[dict], name: str = "bpr-flat") -> list[dict]:
+def select_on_dev(rows: list[dict], name: str = "bpr-flat", train_steps: int | None = None) -> list[dict]:
   """Marks, per bytes_per_passage, the test row of the `name` run whose dev nDCG@10 is best.
 
   `rows` hold both splits (field 'split'); a run is identified by its 'variant' ('' = main). The
   chosen test row gets "selected_on_dev": true (ties: the main run, then the first tag). Test
-  numbers never take part in the choice.
+  numbers never take part in the choice. With `train_steps`, only runs of that budget (the
+  reported DPR's) are eligible: a longer BPR run is not compared with a shorter DPR one.
   """
-  dev = [r for r in rows if r["name"] == name and r.get("split") == "dev"]
+  dev = [r for r in rows if r["name"] == name and r.get("split") == "dev"
+         and (train_steps is None or r.get("train_steps") == train_steps)]
   best: dict = {}
   for r in sorted(dev, key=lambda r: (r.get("variant", "") != "", r.get("variant", ""))):
     key = r["bytes_per_passage"]
@@ -523,6 +525,15 @@ def run_dir(work: pathlib.Path, mode: str, tag: str = "") -> pathlib.Path:
   return work / (f"ft-{mode}-{tag}" if tag else f"ft-{mode}")
 
 
+def check_trained(train_dir: pathlib.Path) -> None:
+  """SystemExit unless the run in `train_dir` finished all its steps (SIGTERM saves and exits 0)."""
+  total = json.loads((train_dir / "config.json").read_text())["num_train_steps"]
+  steps = [json.loads(l)["step"] for l in (train_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+  if not steps or max(steps) < total:
+    raise SystemExit(f"{train_dir}: training stopped at step {max(steps, default=0)} of {total} (preempted?); "
+                     "the same command resumes it from its checkpoint")
+
+
 def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "", allocator: str = "default") -> None:
   """Mine, train, export, encode, index and evaluate with the project's commands."""
   py = sys.executable
@@ -553,7 +564,10 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
       if done.exists() and name in times:
         log(f"{mode} {name}: done ({times[name]:.0f}s); skipped")
         return
-      times[name] = run_command(cmd, env, d / f"{name}.log")
+      seconds = run_command(cmd, env, d / f"{name}.log")
+      if name == "train":
+        check_trained(d / "train")  # a preempted run exits 0: export nothing, time nothing
+      times[name] = times.get(name, 0.0) + seconds
       times_path.write_text(json.dumps(times, indent=2) + "\n")
 
     step("train", [py, "-m", "bpr_jax.main", "--config=configs/scifact.py", f"--workdir={d / 'train'}",
@@ -706,7 +720,9 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   sweeps = json.loads((work / "seed_sweeps.json").read_text()) if (work / "seed_sweeps.json").exists() else {}
   variants = {tag: finetuned_rows(work, tag) + finetuned_rows(work, tag, "dev") for tag in variant_tags(work)}
   finetuned += [r for v in variants.values() for r in v]
-  select_on_dev(finetuned)  # marks the chosen test rows (dev numbers only)
+  # marks the chosen test rows (dev numbers only), among runs with the reported DPR's budget
+  budget = next((r["train_steps"] for r in finetuned if r["name"] == "dpr-flat" and not r.get("variant")), None)
+  select_on_dev(finetuned, train_steps=budget)
   rows = [dict(r, split="test") for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
   gap_path = out_dir / "scifact_hash_gap.json"
   hash_gaps = json.loads(gap_path.read_text())["runs"] if gap_path.exists() else {}
@@ -805,6 +821,8 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
              "training_s", "selected_on_dev"]
     lines += ["## Variants tried (`--stage=finetune --tag=TAG --override=...`; same seed, data and batch "
               "unless overridden; chosen by their dev rows, test reported once per variant)", "",
+              f"Only BPR runs with the reported DPR's budget ({budget} steps) can be selected; runs at "
+              "other budgets (BPR and DPR alike) are listed here to compare budgets.", "",
               "| " + " | ".join(cols3) + " |", "|" + "|".join("---" for _ in cols3) + "|"]
     for tag, vrows in variants.items():
       for r in vrows:

@@ -8,12 +8,19 @@ shapes), started one after another (compile + --warmup steps each), then timed r
 minor page faults and user / system CPU seconds (getrusage), so where the time goes shows:
 under glibc's default every step faults its activation buffers in again and the kernel zeroes
 them. Reported per combination: median seconds per step, faults, user and system seconds per
-step, peak resident memory, the final loss (equal across allocators: no value changes), and the
-speedup against the first combination.
+step, peak resident memory, the final loss (equal across allocators: no value changes), the
+speedup against the first combination, and how close the step runs to this CPU's practical peak:
+XLA's FLOP count of the compiled step (cost_analysis) over its seconds, against the best rate of a
+jitted 2048^3 float32 matmul in the same worker.
 
   OPENBLAS_NUM_THREADS=1 python benchmarks/train_step_allocators.py
   python benchmarks/train_step_allocators.py --combos=before:default,after:default,after:thp,after:jemalloc
 
+  python benchmarks/train_step_allocators.py --combos=after:default,after:heap --rounds=6 \
+      --output=benchmarks/results/train_step_allocators_heap.json
+
+Workers live side by side, so a combination that keeps its memory (heap, jemalloc) leaves the
+others less free memory: their system time can rise (see each row's system_s_per_step).
 jemalloc needs libjemalloc.so.2 installed (apt install libjemalloc2); its combos are skipped,
 and said so, where it is not. Results: benchmarks/results/train_step_allocators.json.
 """
@@ -36,6 +43,22 @@ RESULTS = REPO / "benchmarks" / "results" / "train_step_allocators.json"
 DEFAULT_COMBOS = "before:default,after:default,after:thp,after:jemalloc"
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """What XLA reaches on this CPU at its best: a jitted float32 n x n matmul, best of `repeats`, GFLOP/s."""
+  import time
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return round(2 * n ** 3 / best / 1e9, 1)
+
+
 def worker(args) -> None:
   """One variant's step, driven over stdin ('step' / 'quit'); one JSON line out per command."""
   import resource
@@ -44,7 +67,10 @@ def worker(args) -> None:
   for _ in range(args.warmup):
     v.step()
   compile_s = sum(v.compiles[-1])
-  print(json.dumps({"ready": True, "compile_s": round(compile_s, 2)}), flush=True)
+  cost = v.compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  print(json.dumps({"ready": True, "compile_s": round(compile_s, 2), "step_gflop": float((cost or {}).get("flops", 0)) / 1e9,
+                    "matmul_gflops": matmul_gflops()}), flush=True)
   for line in sys.stdin:
     if line.strip() != "step":
       break
@@ -96,6 +122,13 @@ class Worker:
             "step_s_all": [round(s["step_s"], 4) for s in self.steps],
             "minor_faults_per_step": int(med("minflt")), "user_s_per_step": round(med("utime_s"), 3),
             "system_s_per_step": round(med("stime_s"), 3), "maxrss_gb": peak["maxrss_gb"],
+            # XLA's own FLOP count of the compiled step, the rate reached, and that rate against
+            # the same process's best float32 matmul (what is left to gain on this CPU)
+            "step_gflop": round(self.ready.get("step_gflop", 0.0), 1),
+            "gflops": round(self.ready.get("step_gflop", 0.0) / med("step_s"), 1),
+            "matmul_gflops": self.ready.get("matmul_gflops"),
+            "of_matmul": round(self.ready.get("step_gflop", 0.0) / med("step_s") / self.ready["matmul_gflops"], 3)
+            if self.ready.get("matmul_gflops") else None,
             "final_loss": self.steps[-1]["loss"]}
 
 
@@ -146,11 +179,13 @@ def main(argv=None) -> None:
                  f"sys {s['stime_s']:.2f}s")
   rows = [w.row(w.close()) for w in workers]
   base = rows[0]["step_s_median"] if rows else None
-  lines = ["| combo | step_s_median | speedup | faults/step | user_s | system_s | maxrss_gb |", "|---|---|---|---|---|---|---|"]
+  lines = ["| combo | step_s_median | speedup | faults/step | user_s | system_s | maxrss_gb | GFLOP/s (of matmul) |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     r["speedup_vs_first"] = round(base / r["step_s_median"], 2)
     lines.append(f"| {r['variant']}:{r['allocator']} | {r['step_s_median']} | {r['speedup_vs_first']} | "
-                 f"{r['minor_faults_per_step']} | {r['user_s_per_step']} | {r['system_s_per_step']} | {r['maxrss_gb']} |")
+                 f"{r['minor_faults_per_step']} | {r['user_s_per_step']} | {r['system_s_per_step']} | {r['maxrss_gb']} | "
+                 f"{r['gflops']} ({r['of_matmul']}) |")
   result = {"benchmark": "train_step_allocators", "model": "all-MiniLM-L6-v2", "mode": "bpr",
             "batch": args.batch, "question_length": args.q_len, "passage_length": args.p_len,
             "num_hard_negatives": args.negatives, "warmup_steps": args.warmup, "rounds": args.rounds,

@@ -5,8 +5,8 @@ with malloc, and glibc serves blocks that size with a fresh mmap and returns the
 Every step then faults its whole working set in again, one 4 KiB page at a time, and the kernel
 zeroes each page: measured with MiniLM BPR at batch 16, q 64 / p 256 on a 2-core Xeon, 1.35M
 minor page faults and 1.7-2.0 s of system time per step next to 8.2-9.6 s of user time (idle box)
-(benchmarks/train_step_allocators.py). Two settings change that, both set before the process
-starts, neither the default, because neither is a safe win:
+(benchmarks/train_step_allocators.py). Three settings change that, all set before the process
+starts, none the default, because none is a safe win:
 
   jemalloc  LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
             (`apt install libjemalloc2`): freed pages are never returned and are reused next step
@@ -14,12 +14,21 @@ starts, neither the default, because neither is a safe win:
             ONE fixed batch shape only: with the pipeline's bucketed shapes each new shape's
             buffers add to what is kept, and a 200-step SciFact run grew past 24 GB and was
             OOM-killed at step ~75. With jemalloc's default decay (10 s) the faults come back.
+  heap      GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1T:glibc.malloc.arena_max=1
+            (nothing to install): glibc serves every block from one heap and never trims it, so
+            freed buffers are reused (0 faults/step; 4.83 s/step against 7.73 under the default
+            in the same run, peak RSS 10.9 GB against 6.4: benchmarks/results/
+            train_step_allocators_heap.json; the default's system time rose there to 5.8 s/step,
+            1.8-2.1 s without the heap worker's 10.9 GB beside it). For ONE fixed batch shape
+            only, as jemalloc: a SciFact run (two question lengths) reached 16 GB by step ~10 and
+            20.7 GB at step 21, when it was stopped. With top_pad=1G added even a fixed shape grew
+            (10.9 -> 15.8 GB at step 10).
   thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35): 2 MiB transparent huge pages,
             ~150x fewer faults, but the kernel's compaction and zeroing of huge pages made the
             step slower on an idle box (9.72 s against 5.33, system time 10.6 s/step) while it
             was faster under load: measure before using it.
 
-Neither changes a computed value: the same step gives bit-identical losses.
+None changes a computed value: the same step gives bit-identical losses.
 Accelerator backends allocate device memory through their own allocators; this is for CPU runs.
 
   eval "$(python -m bpr_jax.cpu_env --allocator=jemalloc)"   # one fixed batch shape only

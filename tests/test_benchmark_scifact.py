@@ -1,5 +1,6 @@
 """benchmarks/scifact.py report helpers: target checks and variant discovery (no training)."""
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -111,6 +112,18 @@ def test_select_on_dev_ignores_test_numbers(bench):
   assert all("selected_on_dev" not in r for r in rows if r["split"] == "dev" or r["name"] != "bpr-flat")
 
 
+def test_select_on_dev_takes_only_runs_of_the_dpr_budget(bench):
+  def row(variant, split, ndcg, steps):
+    return {"name": "bpr-flat", "split": split, "ndcg@10": ndcg, "bytes_per_passage": 48, "train_steps": steps,
+            **({"variant": variant} if variant else {})}
+  rows = [row("", "dev", 0.60, 200), row("", "test", 0.70, 200), row("long", "dev", 0.80, 400),
+          row("long", "test", 0.90, 400)]
+  bench.select_on_dev(rows, train_steps=200)
+  assert [r.get("variant", "") for r in rows if r.get("selected_on_dev")] == [""]
+  bench.select_on_dev(rows, train_steps=400)
+  assert [r.get("variant", "") for r in rows if r.get("selected_on_dev")] == ["long"]
+
+
 def test_memory_plot_is_a_png(tmp_path):
   spec = importlib.util.spec_from_file_location("bench_scifact_plot", REPO / "benchmarks" / "scifact_plot.py")
   mod = importlib.util.module_from_spec(spec)
@@ -127,3 +140,16 @@ def test_memory_plot_is_a_png(tmp_path):
   with pytest.raises(SystemExit, match="no memory_table"):
     (tmp_path / "r.json").write_text('{"rows": []}')
     mod.main([f"--result={tmp_path / 'r.json'}"])
+
+
+def test_a_preempted_training_run_is_not_exported(bench, tmp_path):
+  """train exits 0 when SIGTERM stops it (checkpoint saved): the benchmark must stop, not export it."""
+  (tmp_path / "config.json").write_text(json.dumps({"num_train_steps": 200}))
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (10, 20)))
+  with pytest.raises(SystemExit, match="stopped at step 20 of 200"):
+    bench.check_trained(tmp_path)
+  (tmp_path / "metrics.jsonl").write_text("")
+  with pytest.raises(SystemExit, match="step 0 of 200"):
+    bench.check_trained(tmp_path)
+  (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 200}) + "\n")
+  bench.check_trained(tmp_path)  # finished: no error
