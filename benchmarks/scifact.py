@@ -533,10 +533,15 @@ def run_dir(work: pathlib.Path, mode: str, tag: str = "") -> pathlib.Path:
   return work / (f"ft-{mode}-{tag}" if tag else f"ft-{mode}")
 
 
+def logged_steps(train_dir: pathlib.Path) -> list[int]:
+  """The steps of the run's metrics.jsonl lines."""
+  return [json.loads(l)["step"] for l in (train_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
 def check_trained(train_dir: pathlib.Path) -> None:
   """SystemExit unless the run in `train_dir` finished all its steps (SIGTERM saves and exits 0)."""
   total = json.loads((train_dir / "config.json").read_text())["num_train_steps"]
-  steps = [json.loads(l)["step"] for l in (train_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+  steps = logged_steps(train_dir)
   if not steps or max(steps) < total:
     raise SystemExit(f"{train_dir}: training stopped at step {max(steps, default=0)} of {total} (preempted?); "
                      "the same command resumes it from its checkpoint")
@@ -575,7 +580,7 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
       seconds = run_command(cmd, env, d / f"{name}.log")
       if name == "train":
         check_trained(d / "train")  # a preempted run exits 0: export nothing, time nothing
-      times[name] = times.get(name, 0.0) + seconds
+      times[name] = seconds
       times_path.write_text(json.dumps(times, indent=2) + "\n")
 
     step("train", [py, "-m", "bpr_jax.main", "--config=configs/scifact.py", f"--workdir={d / 'train'}",
@@ -612,7 +617,7 @@ def finetuned_rows(work: pathlib.Path, tag: str = "", split: str = "test") -> li
       continue
     times = json.loads((d / "times.json").read_text())
     config = json.loads((d / "train" / "config.json").read_text())
-    steps = [json.loads(l)["step"] for l in (d / "train" / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    steps = logged_steps(d / "train")
     for r in json.loads(path.read_text()):
       sized = re.fullmatch(r"(.+)-(\d+bit)", r["name"])  # 'lsh-128bit': a baseline at another code size
       base, size = sized.groups() if sized else (r["name"], "")

@@ -116,6 +116,7 @@ class Worker:
 
   def row(self, peak: dict) -> dict:
     med = lambda k: statistics.median(s[k] for s in self.steps)  # noqa: E731
+    gflop, matmul = self.ready.get("step_gflop", 0.0), self.ready.get("matmul_gflops")
     return {"variant": self.variant, "allocator": self.allocator,
             "env": {k: self.env[k] for k in cpu_env.VARIABLES if k in self.env},
             "compile_s": self.ready["compile_s"], "step_s_median": round(med("step_s"), 4),
@@ -124,11 +125,8 @@ class Worker:
             "system_s_per_step": round(med("stime_s"), 3), "maxrss_gb": peak["maxrss_gb"],
             # XLA's own FLOP count of the compiled step, the rate reached, and that rate against
             # the same process's best float32 matmul (what is left to gain on this CPU)
-            "step_gflop": round(self.ready.get("step_gflop", 0.0), 1),
-            "gflops": round(self.ready.get("step_gflop", 0.0) / med("step_s"), 1),
-            "matmul_gflops": self.ready.get("matmul_gflops"),
-            "of_matmul": round(self.ready.get("step_gflop", 0.0) / med("step_s") / self.ready["matmul_gflops"], 3)
-            if self.ready.get("matmul_gflops") else None,
+            "step_gflop": round(gflop, 1), "gflops": round(gflop / med("step_s"), 1), "matmul_gflops": matmul,
+            "of_matmul": round(gflop / med("step_s") / matmul, 3) if matmul else None,
             "final_loss": self.steps[-1]["loss"]}
 
 
