@@ -45,7 +45,10 @@ Stages (each caches its output in --work_dir, so re-running skips finished work)
   report      writes benchmarks/results/scifact.{json,md} from every row measured so far; rows
               not measured are listed under "not run". It also checks the part-1 targets
               (BPR two-stage vs dpr-flat, dpr-sign, dpr-lsh, dpr-pq and the untrained float
-              model) and writes the margins.
+              model) and writes the margins: at the main DPR run's budget, and again at every
+              other budget that has a DPR run (a tagged one, e.g. --modes=dpr --tag=400), with BPR
+              chosen on dev among the runs of that budget ("other_budgets"). The GPU rows of
+              benchmarks/scifact_device.py (results/scifact_device.json) are listed when present.
 
 The committed results (benchmarks/results/scifact.{json,md}, scifact_memory.png) came from, with
 W=/tmp/scifact-bench and S="--override=num_train_steps=200 --override=model.attention_dropout=0.0":
@@ -660,15 +663,16 @@ def variant_tags(work: pathlib.Path) -> list[str]:
   return sorted(tags)
 
 
-def memory_table(rows: list[dict]) -> list[dict]:
+def memory_table(rows: list[dict], dpr_variant: str = "") -> list[dict]:
   """Accuracy against memory (test rows): per code size, the dev-selected BPR row (two-stage,
-  l = 1000) beside DPR's post-hoc codes of equal size (PQ, LSH; sign at DPR's own 384 bits)."""
+  l = 1000) beside DPR's post-hoc codes of equal size (PQ, LSH; sign at DPR's own 384 bits) of
+  the DPR run `dpr_variant` ('' = main)."""
   test = [r for r in rows if r.get("split") == "test"]
 
   def find(names, nbytes=None, selected=False):
     for r in test:
       if (r["name"] in names and (nbytes is None or r["bytes_per_passage"] == nbytes)
-          and (r.get("selected_on_dev") if selected else not r.get("variant"))):
+          and (r.get("selected_on_dev") if selected else r.get("variant", "") == dpr_variant)):
         return r
     return None
   out = []
@@ -682,9 +686,11 @@ def memory_table(rows: list[dict]) -> list[dict]:
   return out
 
 
-def target_checks(rows: list[dict], hash_gaps: dict | None = None) -> list[dict]:
-  """The issue's targets on test nDCG@10, for the BPR row chosen on dev at each code size."""
-  test = [r for r in rows if r.get("split") == "test" and not r.get("variant")]
+def target_checks(rows: list[dict], hash_gaps: dict | None = None, dpr_variant: str = "") -> list[dict]:
+  """The issue's targets on test nDCG@10, for the BPR row chosen on dev at each code size, against
+  the DPR run `dpr_variant` ('' = main) and the untrained model."""
+  test = [r for r in rows if r.get("split") == "test"
+          and r.get("variant", "") == (dpr_variant if r["name"].startswith("dpr-") else "")]
   by = {(r["name"], r.get("doc_format")): r["ndcg@10"] for r in test}
   out = []
 
@@ -697,7 +703,7 @@ def target_checks(rows: list[dict], hash_gaps: dict | None = None) -> list[dict]
                 "bpr_variant": bpr_row.get("variant", ""), "bpr_ndcg@10": bpr_row["ndcg@10"],
                 "other": other_name, "other_ndcg@10": other, "margin_points": round(100 * margin, 2),
                 "required_points": round(100 * need, 2), "met": bool(met)})
-  for size in memory_table(rows):
+  for size in memory_table(rows, dpr_variant):
     bpr, b = size["bpr"], f"{size['bytes_per_passage']:g} B"
     if bpr is None:
       continue
@@ -724,6 +730,77 @@ def target_checks(rows: list[dict], hash_gaps: dict | None = None) -> list[dict]
   return out
 
 
+def memory_lines(memory: list[dict], dpr_flat: dict | None, title: str, plot: bool = True) -> list[str]:
+  """The report's accuracy-against-memory table (Markdown lines; none without a BPR row)."""
+  if not any(m["bpr"] for m in memory):
+    return []
+  lines = [title, "",
+           "BPR: two-stage search (Hamming top-1000, rerank by <e_q, sign(e_p)>) of the variant with "
+           "the best dev nDCG@10 at that size. DPR rows are post-hoc compressions of the DPR model "
+           "trained with the same budget" + (f" (float, 1536 B: {dpr_flat['ndcg@10']:.4f} / "
+                                             f"{dpr_flat['recall@100']:.4f})" if dpr_flat else "") + ".", "",
+           "| bits | bytes/passage | BPR (variant) | DPR + PQ | DPR + LSH | DPR sign, two-stage |",
+           "|---|---|---|---|---|---|"]
+  cell = lambda r: "" if r is None else f"{r['ndcg@10']:.4f} / {r['recall@100']:.4f}"  # noqa: E731
+  for m in memory:
+    bpr = "" if m["bpr"] is None else f"{cell(m['bpr'])} ({m['bpr'].get('variant') or 'main'})"
+    lines.append(f"| {m['code_bits']} | {m['bytes_per_passage']:g} | {bpr} | {cell(m['dpr-pq'])} | "
+                 f"{cell(m['dpr-lsh'])} | {cell(m['dpr-sign'])} |")
+  return lines + ["", "Plot: `scifact_memory.png` (benchmarks/scifact_plot.py).", ""] if plot else lines + [""]
+
+
+def target_lines(targets: list[dict], title: str) -> list[str]:
+  """The report's target checks (Markdown lines; none without a check)."""
+  if not targets:
+    return []
+  lines = [title, "", "| target | BPR | vs | other | margin (points) | required | met |", "|---|---|---|---|---|---|---|"]
+  for t in targets:
+    lines.append(f"| {t['target']} | {t['bpr_ndcg@10']:.4f} | {t['other']} | {t['other_ndcg@10']:.4f} | "
+                 f"{t['margin_points']:+.2f} | {t['required_points']:+.2f} | {'yes' if t['met'] else 'NO'} |")
+  return lines + [""]
+
+
+def other_budget_tables(finetuned: list[dict], untrained: list[dict], hash_gaps: dict, main_budget) -> dict:
+  """Memory table and targets at every other budget with a DPR run: BPR chosen on dev among the runs
+  of that budget, against that DPR run (rows copied: the main table's selection is untouched)."""
+  import copy
+  out = {}
+  dprs = {r["train_steps"]: r for r in finetuned if r["name"] == "dpr-flat" and r.get("split") == "test"
+          and r.get("variant") and r.get("train_steps") not in (None, main_budget)}
+  for steps in sorted(dprs):
+    rows = select_on_dev(copy.deepcopy(finetuned), train_steps=steps)
+    if not any(r.get("selected_on_dev") for r in rows):
+      continue
+    rows = untrained + rows
+    variant = dprs[steps]["variant"]
+    out[steps] = {"dpr_variant": variant, "dpr_flat": dprs[steps], "memory": memory_table(rows, variant),
+                  "targets": target_checks(rows, hash_gaps, variant),
+                  "selected": [(r["bytes_per_passage"], r.get("variant", "")) for r in rows if r.get("selected_on_dev")]}
+  return out
+
+
+def device_lines(device: dict | None) -> list[str]:
+  """The report's section on the GPU runs of benchmarks/scifact_device.py (or why there are none)."""
+  lines = ["## On an accelerator (benchmarks/scifact_device.py)", ""]
+  if device is None:
+    return lines + ["Not run: no GPU has been lent to this project's tasks yet. `benchmarks/scifact_device.py` "
+                    "is the prepared one-call script (the dev-selected BPR variants and DPR, 40 epochs at batch "
+                    "64); its `collect` step writes benchmarks/results/scifact_device.json, shown here.", ""]
+  lines += [f"Device: {device['device_kind']} ({device['backend']}), {device['epochs']} epochs at batch "
+            f"{device['batch_size']}, {device['time']}; initial model: {device['initial_model']}. Test rows "
+            "are reported; the settings were chosen on dev on the CPU (cpu_variant).", "",
+            "| run | cpu_variant | status | name | split | ndcg@10 | recall@100 | bytes_per_passage | train_steps "
+            "| training_s |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for run in device["runs"]:
+    rows = [r for r in device["rows"] if r.get("variant") == run["tag"]
+            and r["name"] in ("bpr-flat", "bpr-no-rerank", "dpr-flat", "dpr-pq", "dpr-sign")]
+    for r in rows or [{}]:
+      vals = [run["tag"], run.get("cpu_variant") or "main", run.get("status")] + [
+          r.get(c) for c in ("name", "split", "ndcg@10", "recall@100", "bytes_per_passage", "train_steps", "training_s")]
+      lines.append("| " + " | ".join(fmt_num(v) for v in vals) + " |")
+  return lines + [""]
+
+
 def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   import jax
   untrained = json.loads((work / "untrained_rows.json").read_text()) if (work / "untrained_rows.json").exists() else {}
@@ -736,11 +813,15 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
   # marks the chosen test rows (dev numbers only), among runs with the reported DPR's budget
   budget = next((r["train_steps"] for r in finetuned if r["name"] == "dpr-flat" and not r.get("variant")), None)
   select_on_dev(finetuned, train_steps=budget)
-  rows = [dict(r, split="test") for fmt in DOC_FORMATS for r in untrained.get(fmt, [])] + finetuned
+  untrained_test = [dict(r, split="test") for fmt in DOC_FORMATS for r in untrained.get(fmt, [])]
+  rows = untrained_test + finetuned
+  device_path = out_dir / "scifact_device.json"  # benchmarks/scifact_device.py collect (a lent GPU)
+  device = json.loads(device_path.read_text()) if device_path.exists() else None
   gap_path = out_dir / "scifact_hash_gap.json"
   hash_gaps = json.loads(gap_path.read_text())["runs"] if gap_path.exists() else {}
   memory = memory_table(rows)
   targets = target_checks(rows, hash_gaps)
+  other_budgets = other_budget_tables(finetuned, untrained_test, hash_gaps, budget)
   measured = {r["name"] for r in rows}
   not_run = [n for n in ROW_NAMES if n not in measured]
   result = {
@@ -766,12 +847,23 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       "doc_encode_seconds": enc_times,
       "crosscheck_vs_transformers": cross,
       "seed_sweeps": sweeps,
-      "rows": rows,
+      "rows": rows + (device["rows"] if device else []),
+      "device_run": None if device is None else {k: device.get(k) for k in (
+          "device_kind", "backend", "epochs", "batch_size", "initial_model", "seconds", "time")}
+      | {"runs": [{k: r.get(k) for k in ("tag", "mode", "status", "seconds")} for r in device["runs"]]},
       "memory_table": [{"code_bits": m["code_bits"], "bytes_per_passage": m["bytes_per_passage"],
                         **{k: (None if m[k] is None else {"name": m[k]["name"], "variant": m[k].get("variant", ""),
                                                           "ndcg@10": m[k]["ndcg@10"], "recall@100": m[k]["recall@100"]})
                            for k in ("bpr", "dpr-pq", "dpr-lsh", "dpr-sign")}} for m in memory],
       "targets": targets,
+      "train_steps": budget,
+      "other_budgets": {str(steps): {
+          "dpr_variant": o["dpr_variant"], "selected": [{"bytes_per_passage": b, "variant": v} for b, v in o["selected"]],
+          "memory_table": [{"code_bits": m["code_bits"], "bytes_per_passage": m["bytes_per_passage"],
+                            **{k: (None if m[k] is None else {"name": m[k]["name"], "variant": m[k].get("variant", ""),
+                                                              "ndcg@10": m[k]["ndcg@10"], "recall@100": m[k]["recall@100"]})
+                               for k in ("bpr", "dpr-pq", "dpr-lsh", "dpr-sign")}} for m in o["memory"]],
+          "targets": o["targets"]} for steps, o in other_budgets.items()},
       "variants": {tag: (v[0]["overrides"] if v else []) for tag, v in variants.items()},
       "not_run": not_run,
   }
@@ -806,29 +898,15 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       if not r.get("variant"):
         lines.append("| " + " | ".join(fmt_num(r.get(c)) for c in cols2) + " |")
     lines.append("")
-  if any(m["bpr"] for m in memory):
-    dpr_flat = next((r for r in rows if r["name"] == "dpr-flat" and r.get("split") == "test"
-                     and not r.get("variant")), None)
-    lines += ["## Accuracy against memory (test nDCG@10 / Recall@100; BPR variant chosen on dev)", "",
-              "BPR: two-stage search (Hamming top-1000, rerank by <e_q, sign(e_p)>) of the variant with "
-              "the best dev nDCG@10 at that size. DPR rows are post-hoc compressions of the DPR model "
-              "trained with the same budget" + (f" (float, 1536 B: {dpr_flat['ndcg@10']:.4f} / "
-                                                f"{dpr_flat['recall@100']:.4f})" if dpr_flat else "") + ".", "",
-              "| bits | bytes/passage | BPR (variant) | DPR + PQ | DPR + LSH | DPR sign, two-stage |",
-              "|---|---|---|---|---|---|"]
-    cell = lambda r: "" if r is None else f"{r['ndcg@10']:.4f} / {r['recall@100']:.4f}"  # noqa: E731
-    for m in memory:
-      bpr = "" if m["bpr"] is None else f"{cell(m['bpr'])} ({m['bpr'].get('variant') or 'main'})"
-      lines.append(f"| {m['code_bits']} | {m['bytes_per_passage']:g} | {bpr} | {cell(m['dpr-pq'])} | "
-                   f"{cell(m['dpr-lsh'])} | {cell(m['dpr-sign'])} |")
-    lines += ["", "Plot: `scifact_memory.png` (benchmarks/scifact_plot.py).", ""]
-  if targets:
-    lines += ["## Targets (test nDCG@10 of the BPR row chosen on dev at each size)", "",
-              "| target | BPR | vs | other | margin (points) | required | met |", "|---|---|---|---|---|---|---|"]
-    for t in targets:
-      lines.append(f"| {t['target']} | {t['bpr_ndcg@10']:.4f} | {t['other']} | {t['other_ndcg@10']:.4f} | "
-                   f"{t['margin_points']:+.2f} | {t['required_points']:+.2f} | {'yes' if t['met'] else 'NO'} |")
-    lines.append("")
+  dpr_flat = next((r for r in rows if r["name"] == "dpr-flat" and r.get("split") == "test"
+                   and not r.get("variant")), None)
+  lines += memory_lines(memory, dpr_flat, f"## Accuracy against memory (test nDCG@10 / Recall@100; BPR variant "
+                        f"chosen on dev; {budget} steps)")
+  lines += target_lines(targets, f"## Targets (test nDCG@10 of the BPR row chosen on dev at each size; {budget} steps)")
+  for steps, other in other_budgets.items():
+    lines += memory_lines(other["memory"], other["dpr_flat"], f"## At {steps} steps (BPR and DPR re-trained with "
+                          f"this budget; BPR variants as chosen on dev at {budget} steps, then on dev at {steps})", plot=False)
+    lines += target_lines(other["targets"], f"### Targets at {steps} steps")
   if any(variants.values()):
     cols3 = ["variant", "overrides", "name", "split", "ndcg@10", "recall@10", "recall@100", "train_steps",
              "training_s", "selected_on_dev"]
@@ -845,6 +923,7 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
                   r["recall@100"], r.get("train_steps"), r.get("training_s"), r.get("selected_on_dev")]
           lines.append("| " + " | ".join(fmt_num(v) for v in vals) + " |")
     lines.append("")
+  lines += device_lines(device)
   if sweeps:
     lines += ["## Seed sweeps (randomised rows, seeds 0-9)", "",
               "| doc format | method | nDCG@10 mean | std | min | max | R@100 mean | std | min | max |",

@@ -1,7 +1,8 @@
-"""Train-step seconds per step under each memory allocator, side by side in one run.
+"""Train-step seconds per step under each memory allocator and XLA CPU setting, side by side in one run.
 
-The allocator is a process setting (LD_PRELOAD, GLIBC_TUNABLES: bpr_jax/cpu_env.py), so each
-VARIANT:ALLOCATOR combination runs in its own worker process: the real jitted BPR train step of
+The allocator is a process setting (LD_PRELOAD, GLIBC_TUNABLES: bpr_jax/cpu_env.py), and so are
+XLA's CPU flags (XLA_FLAGS, read when the backend starts), so each VARIANT:ALLOCATOR[:XLA] combination
+(XLA one of XLA_PRESETS, default none) runs in its own worker process: the real jitted BPR train step of
 benchmarks/train_step_speed.py's variant (same config values, same fixed random batch, same
 shapes), started one after another (compile + --warmup steps each), then timed round by round
 (A B C .. A B C ..), one worker stepping at a time. Each timed step also records the worker's
@@ -18,6 +19,8 @@ jitted 2048^3 float32 matmul in the same worker.
 
   python benchmarks/train_step_allocators.py --combos=after:default,after:heap --rounds=6 \
       --output=benchmarks/results/train_step_allocators_heap.json
+  python benchmarks/train_step_allocators.py --combos=after:default,after:default:onednn --rounds=6 \
+      --output=benchmarks/results/train_step_xla_onednn.json
 
 Workers live side by side, so a combination that keeps its memory (heap, jemalloc) leaves the
 others less free memory: their system time can rise (see each row's system_s_per_step).
@@ -41,6 +44,15 @@ from bpr_jax import cpu_env  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "train_step_allocators.json"
 DEFAULT_COMBOS = "before:default,after:default,after:thp,after:jemalloc"
+# XLA CPU settings a worker can add to XLA_FLAGS (flags of jaxlib 0.10's XLA; fastmath changes values)
+XLA_PRESETS = {
+    "none": "",
+    "onednn": "--xla_cpu_use_onednn=true",            # oneDNN matmuls / fusions
+    "xnnpack": "--xla_cpu_use_xnnpack=true",          # XNNPACK dots
+    "vec512": "--xla_cpu_prefer_vector_width=512",    # 512-bit vectors in XLA's own kernels (AVX-512 CPUs)
+    "fastmath": "--xla_cpu_enable_fast_math=true",    # reassociation, approximate functions: other values
+    "concurrent": "--xla_cpu_enable_concurrency_optimized_scheduler=true",
+}
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -85,9 +97,11 @@ def worker(args) -> None:
 
 
 class Worker:
-  def __init__(self, variant: str, allocator: str, args):
-    self.variant, self.allocator, self.steps = variant, allocator, []
+  def __init__(self, variant: str, allocator: str, args, xla: str = "none"):
+    self.variant, self.allocator, self.xla, self.steps = variant, allocator, xla, []
     self.env = cpu_env.with_allocator(cpu_env.without_allocator(dict(os.environ)), allocator)
+    if XLA_PRESETS[xla]:
+      self.env["XLA_FLAGS"] = (self.env.get("XLA_FLAGS", "") + " " + XLA_PRESETS[xla]).strip()
     cmd = [sys.executable, __file__, f"--worker={variant}", f"--batch={args.batch}", f"--q_len={args.q_len}",
            f"--p_len={args.p_len}", f"--negatives={args.negatives}", f"--warmup={args.warmup}"]
     self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -97,8 +111,12 @@ class Worker:
   def _read(self) -> dict:
     line = self.proc.stdout.readline()
     if not line:
-      raise SystemExit(f"worker {self.variant}:{self.allocator} died (rc {self.proc.wait()})")
+      raise SystemExit(f"worker {self.name} died (rc {self.proc.wait()})")
     return json.loads(line)
+
+  @property
+  def name(self) -> str:
+    return f"{self.variant}:{self.allocator}" + (f":{self.xla}" if self.xla != "none" else "")
 
   def step(self) -> dict:
     self.proc.stdin.write("step\n")
@@ -117,8 +135,8 @@ class Worker:
   def row(self, peak: dict) -> dict:
     med = lambda k: statistics.median(s[k] for s in self.steps)  # noqa: E731
     gflop, matmul = self.ready.get("step_gflop", 0.0), self.ready.get("matmul_gflops")
-    return {"variant": self.variant, "allocator": self.allocator,
-            "env": {k: self.env[k] for k in cpu_env.VARIABLES if k in self.env},
+    return {"variant": self.variant, "allocator": self.allocator, "xla": self.xla,
+            "env": {k: self.env[k] for k in cpu_env.VARIABLES + ("XLA_FLAGS",) if k in self.env},
             "compile_s": self.ready["compile_s"], "step_s_median": round(med("step_s"), 4),
             "step_s_all": [round(s["step_s"], 4) for s in self.steps],
             "minor_faults_per_step": int(med("minflt")), "user_s_per_step": round(med("utime_s"), 3),
@@ -130,22 +148,23 @@ class Worker:
             "final_loss": self.steps[-1]["loss"]}
 
 
-def parse_combos(text: str) -> list[tuple[str, str]]:
+def parse_combos(text: str) -> list[tuple[str, str, str]]:
+  """'after:default:onednn,before' -> [('after', 'default', 'onednn'), ('before', 'default', 'none')]."""
   from benchmarks.train_step_speed import VARIANTS
   combos = []
   for item in filter(None, text.split(",")):
-    variant, _, allocator = item.partition(":")
-    allocator = allocator or "default"
-    if variant not in VARIANTS or allocator not in cpu_env.ALLOCATORS:
-      raise SystemExit(f"bad combo {item!r}: VARIANT:ALLOCATOR with VARIANT in {', '.join(VARIANTS)} "
-                       f"and ALLOCATOR in {', '.join(cpu_env.ALLOCATORS)}")
-    combos.append((variant, allocator))
+    variant, allocator, xla = (item.split(":") + ["", ""])[:3]
+    allocator, xla = allocator or "default", xla or "none"
+    if variant not in VARIANTS or allocator not in cpu_env.ALLOCATORS or xla not in XLA_PRESETS or item.count(":") > 2:
+      raise SystemExit(f"bad combo {item!r}: VARIANT:ALLOCATOR[:XLA] with VARIANT in {', '.join(VARIANTS)}, "
+                       f"ALLOCATOR in {', '.join(cpu_env.ALLOCATORS)} and XLA in {', '.join(XLA_PRESETS)}")
+    combos.append((variant, allocator, xla))
   return combos
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--combos", default=DEFAULT_COMBOS, help="comma list of VARIANT:ALLOCATOR")
+  p.add_argument("--combos", default=DEFAULT_COMBOS, help="comma list of VARIANT:ALLOCATOR[:XLA]")
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--q_len", type=int, default=64)
   p.add_argument("--p_len", type=int, default=256)
@@ -159,21 +178,21 @@ def main(argv=None) -> None:
   if args.worker:
     return worker(args)
   combos, skipped = [], []
-  for variant, allocator in parse_combos(args.combos):
+  for variant, allocator, xla in parse_combos(args.combos):
     if allocator == "jemalloc" and cpu_env.find_jemalloc() is None:
       skipped.append(f"{variant}:{allocator} (no libjemalloc.so.2 installed)")
       continue
-    combos.append((variant, allocator))
+    combos.append((variant, allocator, xla))
   for s in skipped:
     common.log(f"skipped {s}")
   workers = []
-  for variant, allocator in combos:
-    common.log(f"{variant}:{allocator}: starting (compile + {args.warmup} warm-up steps)")
-    workers.append(Worker(variant, allocator, args))
+  for variant, allocator, xla in combos:
+    common.log(f"{variant}:{allocator}:{xla}: starting (compile + {args.warmup} warm-up steps)")
+    workers.append(Worker(variant, allocator, args, xla))
   for r in range(args.rounds):
     for w in workers:
       s = w.step()
-      common.log(f"round {r}: {w.variant}:{w.allocator} {s['step_s']:.3f}s, {s['minflt']} faults, "
+      common.log(f"round {r}: {w.name} {s['step_s']:.3f}s, {s['minflt']} faults, "
                  f"sys {s['stime_s']:.2f}s")
   rows = [w.row(w.close()) for w in workers]
   base = rows[0]["step_s_median"] if rows else None
@@ -181,7 +200,8 @@ def main(argv=None) -> None:
            "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     r["speedup_vs_first"] = round(base / r["step_s_median"], 2)
-    lines.append(f"| {r['variant']}:{r['allocator']} | {r['step_s_median']} | {r['speedup_vs_first']} | "
+    lines.append(f"| {r['variant']}:{r['allocator']}" + (f":{r['xla']}" if r["xla"] != "none" else "")
+                 + f" | {r['step_s_median']} | {r['speedup_vs_first']} | "
                  f"{r['minor_faults_per_step']} | {r['user_s_per_step']} | {r['system_s_per_step']} | {r['maxrss_gb']} | "
                  f"{r['gflops']} ({r['of_matmul']}) |")
   result = {"benchmark": "train_step_allocators", "model": "all-MiniLM-L6-v2", "mode": "bpr",

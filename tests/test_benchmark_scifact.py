@@ -153,3 +153,27 @@ def test_a_preempted_training_run_is_not_exported(bench, tmp_path):
     bench.check_trained(tmp_path)
   (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 200}) + "\n")
   bench.check_trained(tmp_path)  # finished: no error
+
+
+def test_another_budget_gets_its_own_selection_dpr_and_targets(bench):
+  def run(variant, steps, bpr_dev, bpr_test, bpp=48.0):
+    v = {"variant": variant} if variant else {}
+    return [_row("bpr-flat", bpr_dev, bpp, "dev", train_steps=steps, **v),
+            _row("bpr-flat", bpr_test, bpp, train_steps=steps, **v)]
+  finetuned = (run("", 200, 0.70, 0.68) + run("long", 400, 0.75, 0.72) + run("long96", 400, 0.74, 0.73, 96.0)
+               + [_row("dpr-flat", 0.70, 1536.0, train_steps=200), _row("dpr-pq", 0.69, train_steps=200),
+                  _row("dpr-flat", 0.725, 1536.0, train_steps=400, variant="400"),
+                  _row("dpr-pq", 0.71, train_steps=400, variant="400"),
+                  _row("dpr-pq-768bit", 0.74, 96.0, train_steps=400, variant="400")])
+  untrained = [_row("minilm-float", 0.65, 1536.0, doc_format="pair")]
+  bench.select_on_dev(finetuned, train_steps=200)
+  other = bench.other_budget_tables(finetuned, untrained, {}, 200)
+  assert list(other) == [400] and other[400]["dpr_variant"] == "400"
+  assert sorted(other[400]["selected"]) == [(48.0, "long"), (96.0, "long96")]
+  by = {(t["bytes_per_passage"], t["other"]): t for t in other[400]["targets"]}
+  assert by[(48.0, "dpr-flat")]["other_ndcg@10"] == 0.725 and by[(48.0, "dpr-flat")]["met"]  # -0.5 points
+  assert by[(48.0, "dpr-pq")]["other_ndcg@10"] == 0.71 and by[(96.0, "dpr-pq-768bit")]["margin_points"] == -1.0
+  # the main table's selection and DPR are untouched
+  assert [r.get("variant", "") for r in finetuned if r.get("selected_on_dev")] == [""]
+  main = {t["other"]: t for t in bench.target_checks(untrained + finetuned)}
+  assert main["dpr-flat"]["other_ndcg@10"] == 0.70 and main["dpr-pq"]["other_ndcg@10"] == 0.69
