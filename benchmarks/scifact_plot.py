@@ -3,7 +3,8 @@
 Reads the report of `benchmarks/scifact.py` (its `memory_table` and rows) and draws, per code
 size, the BPR variant chosen on dev (two-stage search), DPR + PQ at equal bytes, DPR + LSH at
 equal bits, DPR's post-hoc sign codes (two-stage, at its own 384 bits), the DPR float point and
-line (1536 B) and the untrained MiniLM float line.
+line (1536 B) and the untrained MiniLM float line; and, dashed, BPR, DPR + PQ and DPR float at every
+other budget of the report (`other_budgets`: the same recipes trained longer).
 
   python benchmarks/scifact_plot.py            # benchmarks/results/scifact.json -> scifact_memory.png
 
@@ -46,6 +47,18 @@ def plot(result: dict, out: pathlib.Path) -> pathlib.Path:
     pts = [(m["bytes_per_passage"], m[key]["ndcg@10"]) for m in table if m.get(key)]
     if pts:
       ax.plot(*zip(*pts), label=label, **style)
+  for steps, other in sorted(result.get("other_budgets", {}).items(), key=lambda kv: int(kv[0])):
+    # the same recipes at another budget (scifact.py's "At N steps" table): open markers, dashed
+    for key, label, style in SERIES[:2]:
+      pts = [(m["bytes_per_passage"], m[key]["ndcg@10"]) for m in other["memory_table"] if m.get(key)]
+      if pts:
+        ax.plot(*zip(*pts), label=f"{label.split(' (')[0]}, {steps} steps", ls="--", mfc="white",
+                **{k: v for k, v in style.items() if k != "lw"})
+    dpr_other = next((r for r in result["rows"] if r["name"] == "dpr-flat" and r.get("split", "test") == "test"
+                      and r.get("variant") == other["dpr_variant"]), None)
+    if dpr_other:
+      ax.axhline(dpr_other["ndcg@10"], color="k", ls="-.", lw=0.8,
+                 label=f"DPR float, {steps} steps ({dpr_other['ndcg@10']:.4f})")
   dpr = float_row(result["rows"], "dpr-flat")
   if dpr:
     ax.axhline(dpr["ndcg@10"], color="k", ls="--", lw=1, label=f"DPR float ({dpr['ndcg@10']:.4f})")
@@ -63,8 +76,10 @@ def plot(result: dict, out: pathlib.Path) -> pathlib.Path:
   ax.set_ylabel("nDCG@10 (SciFact test)")
   steps = {r.get("train_steps") for r in result["rows"]
            if r["name"] in ("bpr-flat", "dpr-flat") and not r.get("variant")} - {None}  # the main rows' budget
+  others = sorted(result.get("other_budgets", {}), key=int)
   ax.set_title("SciFact: accuracy against memory, MiniLM-L6 fine-tuned "
-               + (f"{max(steps)} steps" if steps else ""), fontsize=10)
+               + (f"{max(steps)} steps" if steps else "")
+               + (f" (dashed: {', '.join(others)} steps)" if others else ""), fontsize=10)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()

@@ -137,6 +137,10 @@ def test_memory_plot_is_a_png(tmp_path):
                      _row("minilm-float", 0.65, 1536.0, doc_format="pair")]}
   out = mod.plot(result, tmp_path / "m.png")
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp"))
+  result["other_budgets"] = {"400": {"dpr_variant": "400", "memory_table": [dict(m, bpr=cell(0.75)) for m in
+                                                                           result["memory_table"]]}}
+  result["rows"].append(_row("dpr-flat", 0.74, 1536.0, train_steps=400, variant="400"))
+  assert mod.plot(result, tmp_path / "m400.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(SystemExit, match="no memory_table"):
     (tmp_path / "r.json").write_text('{"rows": []}')
     mod.main([f"--result={tmp_path / 'r.json'}"])
