@@ -16,28 +16,36 @@ def bench():
   return mod
 
 
+@pytest.fixture(scope="module")
+def report():
+  spec = importlib.util.spec_from_file_location("bench_scifact_report", REPO / "benchmarks" / "scifact_report.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
 def _row(name, ndcg, bpp=48.0, split="test", **extra):
   return {"name": name, "ndcg@10": ndcg, "recall@100": 0.9, "bytes_per_passage": bpp, "split": split, **extra}
 
 
-def test_target_checks_margins_and_boundaries(bench):
+def test_target_checks_margins_and_boundaries(report):
   rows = [_row("bpr-flat", 0.650, selected_on_dev=True), _row("dpr-flat", 0.660, 1536.0),
           _row("dpr-sign", 0.650), _row("dpr-lsh", 0.600), _row("dpr-pq", 0.650),
           _row("minilm-float", 0.6509, 1536.0, doc_format="pair"),
           _row("bpr-flat", 0.700, split="dev")]
-  got = {t["other"]: t for t in bench.target_checks(rows)}
+  got = {t["other"]: t for t in report.target_checks(rows)}
   assert got["dpr-flat"]["met"] and got["dpr-flat"]["margin_points"] == -1.0   # within 1: inclusive
   assert not got["dpr-sign"]["met"]                                            # above: strict
   assert got["dpr-lsh"]["met"] and got["dpr-lsh"]["margin_points"] == 5.0     # at least 5
   assert got["dpr-pq"]["met"]                                                  # at or above
   assert not got["minilm-float (pair)"]["met"]
   rows[1]["ndcg@10"] = 0.6601
-  assert not {t["other"]: t for t in bench.target_checks(rows)}["dpr-flat"]["met"]
+  assert not {t["other"]: t for t in report.target_checks(rows)}["dpr-flat"]["met"]
   # a BPR row not chosen on dev is not checked
-  assert bench.target_checks([_row("bpr-flat", 0.7), _row("dpr-flat", 0.6, 1536.0)]) == []
+  assert report.target_checks([_row("bpr-flat", 0.7), _row("dpr-flat", 0.6, 1536.0)]) == []
 
 
-def test_target_checks_per_code_size_use_the_selected_variant_and_equal_bytes(bench):
+def test_target_checks_per_code_size_use_the_selected_variant_and_equal_bytes(report):
   rows = [_row("bpr-flat", 0.69), _row("bpr-flat", 0.71, variant="h", selected_on_dev=True),
           _row("bpr-flat", 0.60, 16.0, variant="h128", selected_on_dev=True),
           _row("bpr-flat", 0.72, 96.0, variant="h768"),  # not selected: no checks at 96 B
@@ -45,23 +53,23 @@ def test_target_checks_per_code_size_use_the_selected_variant_and_equal_bytes(be
           _row("dpr-lsh-128bit", 0.50, 16.0)]
   gaps = {"ft-bpr-h": {"scores": {"sign": {"ndcg@10": 0.71}}, "tanh_final_minus_sign_points": 0.4},
           "ft-bpr-h128": {"scores": {"sign": {"ndcg@10": 0.60}}, "tanh_final_minus_sign_points": 1.5}}
-  got = bench.target_checks(rows, gaps)
+  got = report.target_checks(rows, gaps)
   by = {(t["bytes_per_passage"], t["other"]): t for t in got}
   assert {b for b, _ in by} == {16.0, 48.0}
   assert by[(48.0, "dpr-pq")]["met"] and by[(48.0, "dpr-pq")]["bpr_variant"] == "h"
   assert not by[(16.0, "dpr-pq-128bit")]["met"] and by[(16.0, "dpr-pq-128bit")]["margin_points"] == -1.0
   assert by[(16.0, "dpr-lsh-128bit")]["met"]
   assert by[(48.0, "tanh at final beta")]["met"] and not by[(16.0, "tanh at final beta")]["met"]
-  table = {m["code_bits"]: m for m in bench.memory_table(rows)}
+  table = {m["code_bits"]: m for m in report.memory_table(rows)}
   assert table[768]["bpr"] is None and table[768]["dpr-pq"]["name"] == "dpr-pq-768bit"
   assert table[384]["bpr"]["variant"] == "h" and table[128]["dpr-lsh"]["ndcg@10"] == 0.50
 
 
-def test_variant_dirs(bench, tmp_path):
+def test_variant_dirs(report, bench, tmp_path):
   for name in ("ft-bpr", "ft-dpr", "ft-bpr-gamma10", "ft-dpr-lr5e-5", "ft-bpr-gamma10"):
     (tmp_path / name).mkdir(exist_ok=True)
   (tmp_path / "ft-other-x").mkdir()
-  assert bench.variant_tags(tmp_path) == ["gamma10", "lr5e-5"]
+  assert report.variant_tags(tmp_path) == ["gamma10", "lr5e-5"]
   assert bench.run_dir(tmp_path, "bpr") == tmp_path / "ft-bpr"
   assert bench.run_dir(tmp_path, "bpr", "gamma10") == tmp_path / "ft-bpr-gamma10"
   assert bench.finetuned_rows(tmp_path, "gamma10") == []
@@ -159,7 +167,7 @@ def test_a_preempted_training_run_is_not_exported(bench, tmp_path):
   bench.check_trained(tmp_path)  # finished: no error
 
 
-def test_another_budget_gets_its_own_selection_dpr_and_targets(bench):
+def test_another_budget_gets_its_own_selection_dpr_and_targets(report, bench):
   def run(variant, steps, bpr_dev, bpr_test, bpp=48.0):
     v = {"variant": variant} if variant else {}
     return [_row("bpr-flat", bpr_dev, bpp, "dev", train_steps=steps, **v),
@@ -171,7 +179,7 @@ def test_another_budget_gets_its_own_selection_dpr_and_targets(bench):
                   _row("dpr-pq-768bit", 0.74, 96.0, train_steps=400, variant="400")])
   untrained = [_row("minilm-float", 0.65, 1536.0, doc_format="pair")]
   bench.select_on_dev(finetuned, train_steps=200)
-  other = bench.other_budget_tables(finetuned, untrained, {}, 200)
+  other = report.other_budget_tables(finetuned, untrained, {}, 200)
   assert list(other) == [400] and other[400]["dpr_variant"] == "400"
   assert sorted(other[400]["selected"]) == [(48.0, "long"), (96.0, "long96")]
   by = {(t["bytes_per_passage"], t["other"]): t for t in other[400]["targets"]}
@@ -179,5 +187,5 @@ def test_another_budget_gets_its_own_selection_dpr_and_targets(bench):
   assert by[(48.0, "dpr-pq")]["other_ndcg@10"] == 0.71 and by[(96.0, "dpr-pq-768bit")]["margin_points"] == -1.0
   # the main table's selection and DPR are untouched
   assert [r.get("variant", "") for r in finetuned if r.get("selected_on_dev")] == [""]
-  main = {t["other"]: t for t in bench.target_checks(untrained + finetuned)}
+  main = {t["other"]: t for t in report.target_checks(untrained + finetuned)}
   assert main["dpr-flat"]["other_ndcg@10"] == 0.70 and main["dpr-pq"]["other_ndcg@10"] == 0.69

@@ -22,8 +22,8 @@ def dev():
 
 
 @pytest.fixture(scope="module")
-def bench():
-  return _load("bench_scifact_for_device", "benchmarks/scifact.py")
+def report():
+  return _load("bench_scifact_report_for_device", "benchmarks/scifact_report.py")
 
 
 def _fake_shared(root: pathlib.Path) -> dict:
@@ -175,15 +175,15 @@ def test_the_device_command_fits_the_tool(dev):
   assert len(cmd) <= 2000 and "--target /tmp/site .device/wheels/*.whl" in cmd and "--out=$OUT" in cmd
 
 
-def test_the_report_says_when_no_gpu_ran_and_lists_the_device_rows(bench):
-  assert "Not run: no GPU" in "\n".join(bench.device_lines(None))
+def test_the_report_says_when_no_gpu_ran_and_lists_the_device_rows(report):
+  assert "Not run: no GPU" in "\n".join(report.device_lines(None))
   device = {"device_kind": "NVIDIA H200", "backend": "gpu", "epochs": 40, "batch_size": 64, "time": "t",
             "initial_model": "fp16", "runs": [{"tag": "gpu-ste-e40-b64", "cpu_variant": "ste", "status": "done"},
                                              {"tag": "gpu-main-e40-b64", "cpu_variant": "", "status": "not started"}],
             "rows": [{"name": "bpr-flat", "variant": "gpu-ste-e40-b64", "split": "test", "ndcg@10": 0.75,
                       "recall@100": 0.95, "bytes_per_passage": 48.0, "train_steps": 443, "training_s": 60.0},
                      {"name": "bpr-hash", "variant": "gpu-ste-e40-b64", "split": "test", "ndcg@10": 0.7}]}
-  text = "\n".join(bench.device_lines(device))
+  text = "\n".join(report.device_lines(device))
   assert "NVIDIA H200 (gpu), 40 epochs at batch 64" in text
   assert "| gpu-ste-e40-b64 | ste | done | bpr-flat | test | 0.7500 | 0.9500 | 48 | 443 | 60 |" in text
   assert "| gpu-main-e40-b64 | main | not started |" in text
