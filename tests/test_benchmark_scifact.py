@@ -8,20 +8,22 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bench():
-  spec = importlib.util.spec_from_file_location("bench_scifact", REPO / "benchmarks" / "scifact.py")
+def _load(name: str):
+  """benchmarks/NAME.py as a module (the benchmarks are scripts, not an installed package)."""
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+  return _load("scifact")
 
 
 @pytest.fixture(scope="module")
 def report():
-  spec = importlib.util.spec_from_file_location("bench_scifact_report", REPO / "benchmarks" / "scifact_report.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return _load("scifact_report")
 
 
 def _row(name, ndcg, bpp=48.0, split="test", **extra):
@@ -133,9 +135,7 @@ def test_select_on_dev_takes_only_runs_of_the_dpr_budget(bench):
 
 
 def test_memory_plot_is_a_png(tmp_path):
-  spec = importlib.util.spec_from_file_location("bench_scifact_plot", REPO / "benchmarks" / "scifact_plot.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = _load("scifact_plot")
   cell = lambda v: {"name": "x", "ndcg@10": v, "recall@100": 0.9}  # noqa: E731
   result = {"memory_table": [{"code_bits": 128, "bytes_per_passage": 16.0, "bpr": cell(0.6), "dpr-pq": cell(0.55),
                               "dpr-lsh": cell(0.4), "dpr-sign": None},
