@@ -79,6 +79,11 @@ def machine_info(*, with_jax: bool = True) -> dict[str, Any]:
   return info
 
 
+def is_accelerator(backend: str) -> bool:
+  """Whether a JAX backend name is a GPU or TPU (figures that count only there)."""
+  return backend in ("gpu", "cuda", "rocm", "tpu")
+
+
 def write_result(path: str | os.PathLike, result: Any) -> pathlib.Path:
   """Writes a results JSON atomically (temp name + rename) and returns its path."""
   from bpr_jax.io import atomic_write_text

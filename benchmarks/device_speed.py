@@ -121,10 +121,6 @@ def parse_count(text: str) -> int:
   return int(value)
 
 
-def is_accelerator(backend: str) -> bool:
-  return backend in ("gpu", "cuda", "rocm", "tpu")
-
-
 # ----------------------------------------------------------------------------- hamming data
 
 
@@ -372,7 +368,7 @@ def encode_case(args, backend: str) -> dict[str, Any]:
       "target_passages_per_s": TARGET_PASSAGES_PER_S,
       "meets_target": bool(pps >= TARGET_PASSAGES_PER_S),
   }
-  if args.peak_tflops and is_accelerator(backend):
+  if args.peak_tflops and common.is_accelerator(backend):
     row["peak_tflops"] = args.peak_tflops
     row["mfu"] = round(flops * pps / (args.peak_tflops * 1e12), 4)
   print(json.dumps(row), flush=True)
@@ -460,7 +456,7 @@ def main(argv=None) -> dict[str, Any]:
   if args.repeats < 1 or args.l < 1 or args.batch < 1 or args.encode_batches < 1:
     raise SystemExit("--repeats, --l, --batch and --encode_batches must be >= 1")
   backend = jax.default_backend()
-  accel = is_accelerator(backend)
+  accel = common.is_accelerator(backend)
   notes = []
   if not accel:
     notes.append(f"backend is {backend}: absolute figures are not the GPU targets "

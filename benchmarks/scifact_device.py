@@ -46,7 +46,6 @@ import argparse
 import hashlib
 import json
 import lzma
-import math
 import os
 import pathlib
 import shutil
@@ -295,9 +294,10 @@ def run(carry: pathlib.Path, scratch: pathlib.Path, out: pathlib.Path, *, sizes,
     result["runs"].append(dict(spec, **done))
     result["rows"] += rows
     hn = work / "hard_negatives_train.json"
-    result["hard_negatives_sha256"] = sha256(hn.read_bytes()) if hn.exists() else None
-    result["hard_negatives_same_as_cpu"] = (None if not manifest.get("cpu_hard_negatives_sha256")
-                                            else result["hard_negatives_sha256"] == manifest["cpu_hard_negatives_sha256"])
+    if result.get("hard_negatives_sha256") is None and hn.exists():  # mined once, by the first run
+      result["hard_negatives_sha256"] = sha256(hn.read_bytes())
+      result["hard_negatives_same_as_cpu"] = (None if not manifest.get("cpu_hard_negatives_sha256")
+                                              else result["hard_negatives_sha256"] == manifest["cpu_hard_negatives_sha256"])
     result["seconds"] = round(time.perf_counter() - start, 1)
     common.write_result(out / "scifact_device.json", result)
     log(f"{spec['tag']}: {done['status']} in {done['seconds']:.0f}s; "
@@ -310,7 +310,7 @@ def collect(path: pathlib.Path, dest: pathlib.Path) -> dict:
   result = json.loads(path.read_text())
   if result.get("benchmark") != "scifact-device":
     raise SystemExit(f"{path}: not a scifact_device.py result")
-  if result.get("backend") not in ("gpu", "cuda", "rocm", "tpu"):
+  if not common.is_accelerator(result.get("backend", "")):
     raise SystemExit(f"{path}: ran on backend {result.get('backend')!r}, not an accelerator: not a result")
   if result.get("subset_corpus_max_docs"):
     raise SystemExit(f"{path}: a subset corpus ({result['subset_corpus_max_docs']} documents): a check, not a result")
