@@ -65,6 +65,18 @@ def test_target_checks_per_code_size_use_the_selected_variant_and_equal_bytes(re
   table = {m["code_bits"]: m for m in report.memory_table(rows)}
   assert table[768]["bpr"] is None and table[768]["dpr-pq"]["name"] == "dpr-pq-768bit"
   assert table[384]["bpr"]["variant"] == "h" and table[128]["dpr-lsh"]["ndcg@10"] == 0.50
+  assert "relaxation=ste" not in "\n".join(report.target_lines(got, "## T"))  # tanh runs: no note
+
+
+def test_gap_rows_of_ste_runs_also_say_what_the_codes_lose_against_float(report):
+  rows = [_row("bpr-flat", 0.71, variant="h", selected_on_dev=True), _row("dpr-pq", 0.70)]
+  gaps = {"ft-bpr-h": {"scores": {"sign": {"ndcg@10": 0.71}}, "tanh_final_minus_sign_points": 2.6,
+                       "relaxation": "ste", "float_minus_sign_points": 2.7}}
+  got = report.target_checks(rows, gaps)
+  gap = next(t for t in got if t["other"] == "tanh at final beta")
+  assert not gap["met"] and gap["relaxation"] == "ste"  # the target row stays as it is
+  text = "\n".join(report.target_lines(got, "## T"))
+  assert "| NO |" in text and "loss.relaxation=ste" in text and "48 B +2.70 points" in text
 
 
 def test_variant_dirs(report, bench, tmp_path):
