@@ -106,6 +106,14 @@ def target_checks(rows: list[dict], hash_gaps: dict | None = None, dpr_variant: 
   return out
 
 
+def memory_json(memory: list[dict]) -> list[dict]:
+  """A memory table as scifact.json holds it: per code size, each method's row reduced to its numbers."""
+  return [{"code_bits": m["code_bits"], "bytes_per_passage": m["bytes_per_passage"],
+           **{k: (None if m[k] is None else {"name": m[k]["name"], "variant": m[k].get("variant", ""),
+                                             "ndcg@10": m[k]["ndcg@10"], "recall@100": m[k]["recall@100"]})
+              for k in ("bpr", "dpr-pq", "dpr-lsh", "dpr-sign")}} for m in memory]
+
+
 def memory_lines(memory: list[dict], dpr_flat: dict | None, title: str, plot: bool = True) -> list[str]:
   """The report's accuracy-against-memory table (Markdown lines; none without a BPR row)."""
   if not any(m["bpr"] for m in memory):
@@ -235,18 +243,12 @@ def stage_report(work: pathlib.Path, out_dir: pathlib.Path) -> None:
       "device_run": None if device is None else {k: device.get(k) for k in (
           "device_kind", "backend", "epochs", "batch_size", "initial_model", "seconds", "time")}
       | {"runs": [{k: r.get(k) for k in ("tag", "mode", "status", "seconds")} for r in device["runs"]]},
-      "memory_table": [{"code_bits": m["code_bits"], "bytes_per_passage": m["bytes_per_passage"],
-                        **{k: (None if m[k] is None else {"name": m[k]["name"], "variant": m[k].get("variant", ""),
-                                                          "ndcg@10": m[k]["ndcg@10"], "recall@100": m[k]["recall@100"]})
-                           for k in ("bpr", "dpr-pq", "dpr-lsh", "dpr-sign")}} for m in memory],
+      "memory_table": memory_json(memory),
       "targets": targets,
       "train_steps": budget,
       "other_budgets": {str(steps): {
           "dpr_variant": o["dpr_variant"], "selected": [{"bytes_per_passage": b, "variant": v} for b, v in o["selected"]],
-          "memory_table": [{"code_bits": m["code_bits"], "bytes_per_passage": m["bytes_per_passage"],
-                            **{k: (None if m[k] is None else {"name": m[k]["name"], "variant": m[k].get("variant", ""),
-                                                              "ndcg@10": m[k]["ndcg@10"], "recall@100": m[k]["recall@100"]})
-                               for k in ("bpr", "dpr-pq", "dpr-lsh", "dpr-sign")}} for m in o["memory"]],
+          "memory_table": memory_json(o["memory"]),
           "targets": o["targets"]} for steps, o in other_budgets.items()},
       "variants": {tag: (v[0]["overrides"] if v else []) for tag, v in variants.items()},
       "not_run": not_run,
