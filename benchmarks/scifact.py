@@ -557,21 +557,28 @@ def check_trained(train_dir: pathlib.Path) -> None:
                      "the same command resumes it from its checkpoint")
 
 
-def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "", allocator: str = "default") -> None:
-  """Mine, train, export, encode, index and evaluate with the project's commands."""
-  py = sys.executable
+def prepare_train_data(work: pathlib.Path, allocator: str = "default") -> tuple[pathlib.Path, dict]:
+  """WORK/scifact-split (train minus the seeded dev split) and its BM25 hard negatives, made once;
+  returns the split's directory and the environment the project's commands run under."""
   work.mkdir(parents=True, exist_ok=True)
   # train on SciFact train minus a seeded dev split; settings are chosen on dev, test is reported
   beir = work / "scifact-split"
   make_dev_split(shared_dir() / "data" / "scifact", beir)
-  corpus = beir / "corpus.jsonl"
   hn = work / "hard_negatives_train.json"
   env = dict(os.environ, BPR_SHARED_DIR=str(shared_dir()), BPR_SCIFACT_HARD_NEGATIVES=str(hn))
   env.setdefault("OPENBLAS_NUM_THREADS", "1")
   env = cpu_env.with_allocator(env, allocator)  # no value changes (bpr_jax/cpu_env.py)
   if not hn.exists():
-    run_command([py, "-m", "bpr_jax.mine_negatives", f"--beir_dir={beir}", "--split=train",
+    run_command([sys.executable, "-m", "bpr_jax.mine_negatives", f"--beir_dir={beir}", "--split=train",
                  f"--output={hn}"], env, work / "mine.log")
+  return beir, env
+
+
+def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "", allocator: str = "default") -> None:
+  """Mine, train, export, encode, index and evaluate with the project's commands."""
+  py = sys.executable
+  beir, env = prepare_train_data(work, allocator)
+  corpus = beir / "corpus.jsonl"
   for mode in modes:
     d = run_dir(work, mode, tag)
     d.mkdir(exist_ok=True)

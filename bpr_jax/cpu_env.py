@@ -14,6 +14,10 @@ starts, none the default, because none is a safe win:
             ONE fixed batch shape only: with the pipeline's bucketed shapes each new shape's
             buffers add to what is kept, and a 200-step SciFact run grew past 24 GB and was
             OOM-killed at step ~75. With jemalloc's default decay (10 s) the faults come back.
+            With one shape (--config.data.pad_multiple=0) the real SciFact loop stays bounded:
+            peak 11.6-14.7 GB in 30-step runs, 11.0-11.4 GB resident from the first steps to
+            step 100 (peak 11.8), against 6.5-7.1 GB under glibc, and 1.26x faster than glibc
+            with bucketed shapes (6.22 vs 7.80 s/step; benchmarks/train_loop_cpu.py, AMD EPYC).
   heap      GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1T:glibc.malloc.arena_max=1
             (nothing to install): glibc serves every block from one heap and never trims it, so
             freed buffers are reused (0 faults/step; 4.83 s/step against 7.73 under the default
@@ -22,7 +26,9 @@ starts, none the default, because none is a safe win:
             1.8-2.1 s without the heap worker's 10.9 GB beside it). For ONE fixed batch shape
             only, as jemalloc: a SciFact run (two question lengths) reached 16 GB by step ~10 and
             20.7 GB at step 21, when it was stopped. With top_pad=1G added even a fixed shape grew
-            (10.9 -> 15.8 GB at step 10).
+            (10.9 -> 15.8 GB at step 10). The real training loop with one shape
+            (--config.data.pad_multiple=0) was killed for memory (23 GB) before its 10th step,
+            every time (benchmarks/train_loop_cpu.py): for the step benchmarks only.
   thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35): 2 MiB transparent huge pages,
             ~150x fewer faults, but the kernel's compaction and zeroing of huge pages made the
             step slower on an idle box (9.72 s against 5.33, system time 10.6 s/step) while it
