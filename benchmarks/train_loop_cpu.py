@@ -101,7 +101,8 @@ def run_once(name: str, work: pathlib.Path, beir: pathlib.Path, env: dict, steps
   log(f"{name}: {' '.join(cmd[1:])} (allocator {allocator})")
   t0 = time.perf_counter()
   with open(work / f"train-loop-cpu-{name}.log", "a", encoding="utf-8") as f:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cpu_env.with_allocator(env, allocator), stdout=f,
+    clean = {k: v for k, v in env.items() if k not in cpu_env.VARIABLES}  # 'default' means glibc's own
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cpu_env.with_allocator(clean, allocator), stdout=f,
                             stderr=subprocess.STDOUT)
     status, usage, trace = wait_tracing_rss(proc.pid, t0)
   wall = time.perf_counter() - t0
