@@ -16,7 +16,7 @@ starts, none the default, because none is a safe win:
             OOM-killed at step ~75. With jemalloc's default decay (10 s) the faults come back.
             With one shape (--config.data.pad_multiple=0) the real SciFact loop stays bounded:
             peak 11.6-14.7 GB in 30-step runs, 11.0-11.4 GB resident from the first steps to
-            step 100 (peak 11.8), against 6.5-7.1 GB under glibc, and 1.26x faster than glibc
+            step 100 (peak 11.8), against 6.5-7.1 GB under glibc, and 1.25x faster than glibc
             with bucketed shapes (6.22 vs 7.80 s/step; benchmarks/train_loop_cpu.py, AMD EPYC).
   heap      GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1T:glibc.malloc.arena_max=1
             (nothing to install): glibc serves every block from one heap and never trims it, so

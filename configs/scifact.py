@@ -46,7 +46,7 @@ W and the outputs under /tmp are examples):
   # 2. train (BPR; add --config.mode=dpr for the DPR baseline)
   python -m bpr_jax.main --config=configs/scifact.py --workdir=/tmp/bpr-scifact/bpr
   #    faster on a CPU (1.58x per step, benchmarks/train_loop_cpu.py; needs libjemalloc2; attention
-  #    dropout 0 changes the recipe, as the committed SciFact runs do; one batch shape, no value change):
+  #    dropout 0 changes the recipe, as the committed SciFact runs do; one batch shape draws other dropout masks):
   #    eval "$(python -m bpr_jax.cpu_env --allocator=jemalloc)" and add
   #    --config.model.attention_dropout=0.0 --config.data.pad_multiple=0
   # 3. export the encoders
