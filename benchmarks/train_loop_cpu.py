@@ -57,10 +57,15 @@ VARIANTS = {  # name: (config overrides, allocator)
 }
 
 
+def logged_metrics(metrics_path: pathlib.Path) -> list[dict]:
+  """The run's metrics.jsonl lines ([] when it wrote none)."""
+  text = metrics_path.read_text() if metrics_path.exists() else ""
+  return [json.loads(l) for l in text.splitlines() if l.strip()]
+
+
 def steady_step_seconds(metrics_path: pathlib.Path, batch: int) -> float | None:
   """Median seconds per step over the logged intervals after the first (which holds the compile)."""
-  lines = [json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()] if metrics_path.exists() else []
-  rates = [m["examples_per_s"] for m in lines[1:] if m.get("examples_per_s")]
+  rates = [m["examples_per_s"] for m in logged_metrics(metrics_path)[1:] if m.get("examples_per_s")]
   return round(statistics.median(batch / r for r in rates), 3) if rates else None
 
 
@@ -108,10 +113,10 @@ def run_once(name: str, work: pathlib.Path, beir: pathlib.Path, env: dict, steps
   wall = time.perf_counter() - t0
   code = os.waitstatus_to_exitcode(status)
   metrics = run / "metrics.jsonl"
-  last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.exists() and metrics.read_text().strip() else {}
-  batch = json.loads((run / "config.json").read_text())["batch_size"] if (run / "config.json").exists() else 16
+  last = (logged_metrics(metrics) or [{}])[-1]
+  batch = json.loads((run / "config.json").read_text())["batch_size"] if last else 0  # config.json precedes metrics
   return {"variant": name, "exit_code": code, "wall_s": round(wall, 1), "steps_done": last.get("step", 0),
-          "step_s": steady_step_seconds(metrics, batch), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
+          "step_s": steady_step_seconds(metrics, batch) if last else None, "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
           "user_s": round(usage.ru_utime, 1), "system_s": round(usage.ru_stime, 1), "final_loss": last.get("loss"),
           "rss_gb_trace": trace}
 
