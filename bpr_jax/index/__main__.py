@@ -53,7 +53,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app as _app
+  from bpr_jax import cli
 
-  _define_flags()
-  _app.run(main)
+  cli.run(main, _define_flags)
