@@ -109,3 +109,36 @@ def test_validate_rejects_bad_values():
   c.model.pooling = "max"
   with pytest.raises(ValueError, match="pooling"):
     train.validate_config(c)
+
+
+@pytest.mark.parametrize("recipe", ["bpr16", "bpr48", "bpr96", "dpr"])
+def test_scifact_named_recipes_validate(recipe, monkeypatch, tmp_path):
+  monkeypatch.setenv("BPR_SHARED_DIR", str(tmp_path / "sh"))
+  module = importlib.import_module("configs.scifact")
+  c = module.get_config(recipe)
+  assert flat_keys(c) == flat_keys(base_config())
+  train.validate_config(c)
+  expected = {"bpr16": ("bpr", 128), "bpr48": ("bpr", 0), "bpr96": ("bpr", 768), "dpr": ("dpr", 0)}[recipe]
+  assert (c.mode, c.model.code_bits) == expected
+  if recipe != "dpr":
+    assert c.loss.relaxation == "ste"  # every dev-chosen BPR recipe trains with STE
+  assert c.model.attention_dropout == 0.0 and c.num_train_steps == 400
+
+
+def test_scifact_default_recipe_is_bpr48_and_unknown_is_refused(monkeypatch, tmp_path):
+  monkeypatch.setenv("BPR_SHARED_DIR", str(tmp_path / "sh"))
+  module = importlib.import_module("configs.scifact")
+  assert module.get_config().to_dict() == module.get_config("bpr48").to_dict()
+  with pytest.raises(ValueError, match="unknown recipe 'bpr47'.*bpr16"):
+    module.get_config("bpr47")
+
+
+def test_scifact_recipe_through_the_config_flag(monkeypatch, tmp_path):
+  """`--config=configs/scifact.py:bpr96` reaches get_config('bpr96') through ml_collections."""
+  from absl import flags
+  from ml_collections import config_flags
+  monkeypatch.setenv("BPR_SHARED_DIR", str(tmp_path / "sh"))
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv)
+  fv([ "prog", f"--config={REPO / 'configs' / 'scifact.py'}:bpr96"])
+  assert fv.config.model.code_bits == 768
