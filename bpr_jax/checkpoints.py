@@ -14,17 +14,53 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def latest_step_on_disk(workdir: str) -> int | None:
-  """Latest finished checkpoint step in WORKDIR/checkpoints, without creating anything.
+def available_steps(workdir: str) -> list[int]:
+  """The finished checkpoint steps in WORKDIR/checkpoints (sorted), without creating anything.
 
   Orbax renames a step's temporary directory to the bare step number when it is complete,
-  so only all-digit names count.
+  so only all-digit directory names count.
   """
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory):
-    return None
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
-  return max(steps) if steps else None
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def latest_step_on_disk(workdir: str) -> int | None:
+  """Latest finished checkpoint step in WORKDIR/checkpoints (None: none), without creating anything."""
+  steps = available_steps(workdir)
+  return steps[-1] if steps else None
+
+
+def resolve_step(workdir: str, step: int | None = None) -> int:
+  """The checkpoint step to read from a training workdir: `step`, or the latest.
+
+  Checks the workdir before orbax is asked: raises FileNotFoundError (one line) when `workdir`
+  is missing, is not a training workdir (no config.json), holds no finished checkpoint, or has
+  no checkpoint `step` (the message lists the steps there are).
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"training workdir not found: {workdir}")
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    raise FileNotFoundError(f"{workdir}: not a bpr-jax training workdir (no config.json)")
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  steps = available_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"no finished checkpoint in {directory} (the run has saved none yet)")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint step {step} in {directory}; steps there: "
+                            f"{', '.join(map(str, steps))}")
+  return step
+
+
+def step_files(workdir: str, step: int) -> tuple[str, list[str]]:
+  """(the step's directory, every file under it): what a checkpoint step is made of."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
+  files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+  return directory, sorted(files)
 
 
 class Checkpointer:
@@ -90,16 +126,18 @@ class Checkpointer:
 
 def restore_encoders(workdir: str, step: int | None = None):
   """(question BertEncoder, passage BertEncoder, Tokenizer, settings) of a training workdir's
-  checkpoint `step` (default: the latest), parameters only: what export needs, without the loop."""
+  checkpoint `step` (default: the latest), parameters only: what export needs, without the loop.
+
+  A missing workdir or step is refused in one line (`resolve_step`) before anything is built.
+  """
   import ml_collections  # pylint: disable=import-outside-toplevel
 
   from bpr_jax import parallel  # pylint: disable=import-outside-toplevel
   from bpr_jax.models.bert import BertConfig  # pylint: disable=import-outside-toplevel
   from bpr_jax.models.build import build_biencoder  # pylint: disable=import-outside-toplevel
   from bpr_jax.tokenization import Tokenizer  # pylint: disable=import-outside-toplevel
+  step = resolve_step(workdir, step)
   config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path}: not a bpr-jax training workdir (no config.json)")
   with open(config_path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   bert = BertConfig.from_json(os.path.join(workdir, "bert_config.json"))

@@ -95,7 +95,11 @@ def run(main: Callable[[Sequence[str]], None], define_flags: Callable[[], None] 
     module = sys.modules["__main__"]
     text = (flags.FLAGS.get_help() if full
             else flags.FLAGS.module_help(module) or flags.FLAGS.main_module_help())
-    print("\nflags:\n" + text if text.strip() else "")
+    try:
+      print("\nflags:\n" + text if text.strip() else "")
+      sys.stdout.flush()
+    except BrokenPipeError:  # `--help | head`
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
 
   def wrapped(args: Sequence[str]) -> None:

@@ -1,7 +1,8 @@
 """Conversion between Hugging Face BERT / DPR checkpoints and `BertEncoder`.
 
-Size (~420 lines, over the house's ~400): reading, building and writing Hugging Face BERT and
-DPR checkpoints share the one name map below.
+Reading (`load_bert`, `load_dpr_checkpoint`), building (`bert_from_state_dict`) and writing
+(`write_bert_files`, `save_dpr`) share the one name map below; `read_pooling` reads a
+sentence-transformers model's own pooling ('cls' or 'mean').
 
 HF `BertModel` tensor names map to `BertEncoder` parameter paths as follows
 (linear weights are transposed: torch stores [out, in], Flax [in, out]):
@@ -314,6 +315,87 @@ def load_bert(model_dir: PathLike, *, pooling: str = "cls", dtype=jnp.float32,
     return bert_from_state_dict(config, state_dict, pooling=pooling, dtype=dtype)
   except ValueError as e:
     raise ValueError(f"{model_dir}: {e}") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def model_files(model_dir: PathLike) -> list[pathlib.Path]:
+  """The files a HF BERT dir's encoder is read from: weights, config.json and tokenizer files."""
+  model_dir = pathlib.Path(model_dir)
+  files = [weights_file(model_dir)]
+  files += [model_dir / n for n in (CONFIG_FILE, *TOKENIZER_FILES) if (model_dir / n).is_file()]
+  return files
+
+
+# ----------------------------------------------------------------------------
+# Pooling of sentence-transformers models
+
+ST_MODULES_FILE = "modules.json"
+ST_POOLING_FILES = ("1_Pooling/config.json", "sentence_transformers/pooling_config.json")
+_ST_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+             "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+             "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+POOLINGS_READ = ("cls", "mean")
+
+
+def _read_json_file(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def pooling_file(model_dir: PathLike) -> pathlib.Path | None:
+  """The sentence-transformers pooling config of a model dir, or None when it has none.
+
+  Looked for in order: the Pooling module named by modules.json (its folder's config.json),
+  1_Pooling/config.json, sentence_transformers/pooling_config.json.
+  """
+  model_dir = pathlib.Path(model_dir)
+  modules = model_dir / ST_MODULES_FILE
+  if modules.is_file():
+    entries = _read_json_file(modules)
+    if not isinstance(entries, list):
+      raise ValueError(f"{modules}: expected a list of modules")
+    for entry in entries:
+      if isinstance(entry, dict) and str(entry.get("type", "")).endswith("Pooling"):
+        path = model_dir / str(entry.get("path", "")) / CONFIG_FILE
+        if not path.is_file():
+          raise FileNotFoundError(f"{modules}: its Pooling module has no {path}")
+        return path
+  for name in ST_POOLING_FILES:
+    if (model_dir / name).is_file():
+      return model_dir / name
+  return None
+
+
+def pooling_of(path: PathLike) -> str:
+  """The pooling a sentence-transformers pooling config asks for: 'cls', 'mean' or another mode.
+
+  Raises ValueError (naming the file) when it sets no mode, or several at once (concatenated).
+  """
+  path = pathlib.Path(path)
+  config = _read_json_file(path)
+  if not isinstance(config, dict):
+    raise ValueError(f"{path}: expected a JSON object")
+  modes = [name for key, name in _ST_MODES.items() if config.get(key)]
+  if len(modes) != 1:
+    raise ValueError(f"{path}: expected one pooling mode, got {', '.join(modes) or 'none'}")
+  return modes[0]
+
+
+def read_pooling(model_dir: PathLike) -> str | None:
+  """The pooling of a sentence-transformers model dir ('cls' or 'mean'); None when it has no
+  pooling file. A mode this project cannot do (max, ...) raises ValueError naming the file."""
+  path = pooling_file(model_dir)
+  if path is None:
+    return None
+  mode = pooling_of(path)
+  if mode not in POOLINGS_READ:
+    raise ValueError(f"{path}: pooling {mode!r} is not supported (bpr-jax pools 'cls' or 'mean')")
+  return mode
 
 
 # ----------------------------------------------------------------------------
