@@ -91,11 +91,11 @@ def run(main: Callable[[Sequence[str]], None], define_flags: Callable[[], None] 
       pass
     full = "--helpfull" in argv[1:]
     doc = (sys.modules["__main__"].__doc__ or "").strip()
-    print(doc + "\n" if doc else "", end="")
     module = sys.modules["__main__"]
     text = (flags.FLAGS.get_help() if full
             else flags.FLAGS.module_help(module) or flags.FLAGS.main_module_help())
     try:
+      print(doc + "\n" if doc else "", end="")
       print("\nflags:\n" + text if text.strip() else "")
       sys.stdout.flush()
     except BrokenPipeError:  # `--help | head`
