@@ -1,19 +1,24 @@
-"""Retrieval evaluation: BPR two-stage search, its ablations and float baselines.
-
-Size (~510 lines, over the house's ~400): the command with its systems (BPR rows and float
-baselines), scorer and timing, which share one row format; split it when another kind of
-evaluation arrives.
+"""Evaluates retrieval: BPR two-stage search, its ablations and float baselines.
 
 Usage::
 
-  python -m bpr_jax.evaluate --model=E --index=I --passages=P \
-      (--qa=nq-test.csv | --beir_dir=DIR --split=test) --output=R.json \
+  python -m bpr_jax.evaluate --model=E --index=I --passages=P
+      (--qa=nq-test.csv | --beir_dir=DIR --split=test) --output=R.json
       [--k=1,5,20,100 --l=1000 --baselines=flat_ip,hnsw,lsh,pq --embeddings=EMB.npy
-       --baseline_bits=128,768]
+       --baseline_bits=128,768 --passage_cache_dir=C --allow_mismatch --overwrite]
+
+The model ``E``, the index ``I`` and the passage file ``P`` must belong together: ``I``'s
+``meta.json`` records the model and passages its codes were encoded from, and a mismatch is
+refused unless ``--allow_mismatch``.  Flags and the question file are checked before the model
+loads.  ``R.json`` is ``{"inputs": ..., "rows": [...]}``; ``inputs`` records the model, index,
+passages, questions and settings, so a rerun with the same inputs prints the stored result and
+one made from other inputs is refused unless ``--overwrite``.  The passage file's offset index
+(for reading passage texts) is kept in ``--passage_cache_dir`` (default: ``.passage_cache``
+beside ``R.json``), never beside the passage file.
 
 Rows (one JSON object each, also printed as a Markdown table):
 
-  bpr-KIND                 two-stage search (KIND = flat | hash | multihash)
+  bpr-KIND                 two-stage search (KIND = flat | hash | multihash | ivf)
   bpr-KIND-no-rerank       stage 1 only (Hamming order)
   bpr-KIND-no-candidates   stage 2 over every passage
   flat_ip, hnsw, lsh, pq   float baselines over the float32 passage embeddings
@@ -48,7 +53,7 @@ import numpy as np
 from bpr_jax import metrics
 from bpr_jax.index import BinaryIndex
 from bpr_jax.io import atomic_write_text, load_npy
-from bpr_jax.search import two_stage_search
+from bpr_jax.search import check_pieces, two_stage_search
 
 BASELINES = ("flat_ip", "hnsw", "lsh", "pq")
 SIZED_BASELINES = ("lsh", "pq")  # their code size follows the index's code bits (or baseline_bits)
@@ -347,9 +352,10 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def default_embeddings_path(index: BinaryIndex) -> pathlib.Path | None:
-  """embeddings.npy of the encode run the index was built from, if any."""
-  src = index.meta.get("source")
+def default_embeddings_path(index: BinaryIndex | dict[str, Any]) -> pathlib.Path | None:
+  """embeddings.npy of the encode run the index (or its ``meta.json`` dict) was built from."""
+  meta = index if isinstance(index, dict) else index.meta
+  src = meta.get("source")
   if not src:
     return None
   src = pathlib.Path(src)
@@ -394,6 +400,7 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
                    baseline_bits: Sequence[int] = (),
                    match: str = "string", num_single: int = 100, batch_size: int = 64,
                    ignore_identical_ids: bool = True,
+                   passage_cache_dir: str | os.PathLike | None = None,
                    log: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
   """Encodes the questions once, then evaluates BPR rows and float baselines.
 
@@ -405,10 +412,12 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
   ``baseline_bits`` adds the code-size baselines (``lsh``, ``pq``) at other sizes than the
   index's codes, for accuracy-against-memory tables: a row ``lsh-128bit`` has 128 random
   hyperplanes, ``pq-128bit`` 16 sub-quantisers of 8 bits (16 bytes a passage).
+
+  Settings are checked (``check_settings``) before any question is encoded; ``passage_cache_dir``
+  is where the passage file's offset index is kept (default: ``PassageStore``'s own).
   """
-  bad = [b for b in baseline_bits if b < 8 or b % 8]
-  if bad:  # before any encoding
-    raise ValueError(f"baseline code sizes must be whole bytes (multiples of 8 bits), got {bad[0]}")
+  ks, _, baselines, baseline_bits = check_settings(
+      ks, l, baselines, baseline_bits, beir=questions.qrels is not None)
   if not questions.texts:
     raise ValueError("no questions to evaluate")
   for i, t in enumerate(questions.texts):
@@ -417,7 +426,7 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
   passage_text = None
   if passages is not None:
     from bpr_jax.passage_store import PassageStore  # pylint: disable=import-outside-toplevel
-    store = PassageStore(passages)
+    store = PassageStore(passages, cache_dir=passage_cache_dir)
     if len(store) != index.ntotal:
       raise ValueError(f"passage file {passages} has {len(store)} passages but the index has "
                        f"{index.ntotal}")
@@ -451,7 +460,113 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
 
 
 # ---------------------------------------------------------------------------
-# Command.
+# Settings, inputs and the command.
+
+
+def _ints(flag: str, values: Sequence[Any]) -> list[int]:
+  out = []
+  for v in values:
+    text = str(v).strip()
+    try:
+      out.append(int(text))
+    except ValueError:
+      shown = ",".join(str(x) for x in values)
+      raise ValueError(f"{flag}: {text!r} is not a whole number ({flag}={shown})") from None
+  return out
+
+
+def check_settings(ks: Sequence[Any], l: int, baselines: Sequence[str] = (),
+                   baseline_bits: Sequence[Any] = (), *, beir: bool = False
+                   ) -> tuple[list[int], int, list[str], list[int]]:
+  """Checks the evaluation settings before any work; returns (ks, l, baselines, baseline_bits).
+
+  ``ks`` (cut-offs, each >= 1) and ``baseline_bits`` (multiples of 8) may be strings as flags
+  give them.  ``l`` (stage-1 candidates) must reach the largest cut-off (10 on BEIR, for
+  ndcg@10): fewer candidates would report recall@k from l results.  Each error is one line
+  naming the flag and the value.
+  """
+  ks = _ints("--k", [k for k in ks if str(k).strip()])
+  if not ks:
+    raise ValueError("--k: give at least one cut-off, e.g. --k=1,5,20,100")
+  bad = [k for k in ks if k < 1]
+  if bad:
+    raise ValueError(f"--k: cut-offs must be >= 1, got {bad[0]}")
+  ks = sorted(set(ks))
+  if isinstance(l, bool) or not isinstance(l, (int, np.integer)):
+    raise ValueError(f"--l must be a whole number, got {l!r}")
+  l = int(l)
+  need = max(ks + ([10] if beir else []))
+  if l < 1:
+    raise ValueError(f"--l must be >= 1 (stage-1 candidates per question), got {l}")
+  if l < need:
+    what = f"the largest --k ({need})" if need == max(ks) else "10 (ndcg@10 and mrr@10 on BEIR)"
+    raise ValueError(f"--l={l} is below {what}: recall@{need} would count only {l} results; "
+                     f"give --l >= {need}")
+  baselines = [b.strip() for b in baselines if b.strip()]
+  unknown = [b for b in baselines if b not in BASELINES]
+  if unknown:
+    raise ValueError(f"--baselines: unknown baseline {unknown[0]!r}; expected some of "
+                     f"{', '.join(BASELINES)}")
+  baselines = list(dict.fromkeys(baselines))
+  bits = _ints("--baseline_bits", [b for b in baseline_bits if str(b).strip()])
+  bad = [b for b in bits if b < 8 or b % 8]
+  if bad:
+    raise ValueError(f"--baseline_bits: code sizes must be whole bytes (multiples of 8 bits, "
+                     f">= 8), got {bad[0]}")
+  if bits and not any(b in SIZED_BASELINES for b in baselines):
+    raise ValueError(f"--baseline_bits={','.join(map(str, bits))} sizes the "
+                     f"{' / '.join(SIZED_BASELINES)} baselines, but --baselines names neither")
+  return ks, l, baselines, list(dict.fromkeys(bits))
+
+
+def _require_dir(flag: str, path: str, marker: str, what: str) -> pathlib.Path:
+  p = pathlib.Path(path)
+  if not p.is_dir():
+    raise FileNotFoundError(f"{flag}={path}: no such folder")
+  if not (p / marker).is_file():
+    raise FileNotFoundError(f"{flag}={path}: no {marker}; not {what}")
+  return p
+
+
+def _require_file(flag: str, path: str) -> pathlib.Path:
+  p = pathlib.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"{flag}={path}: no such file")
+  if not p.is_file():
+    raise IsADirectoryError(f"{flag}={path}: not a file")
+  return p
+
+
+def index_fingerprint(index_dir: str | os.PathLike, meta: dict[str, Any]) -> dict[str, Any]:
+  """``{"path", "sha256"}`` of an index folder: its ``meta.json`` file records (sha256 of
+  index.faiss, codes.npy, ids.npy), so no file is read."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  files = meta.get("files") or {}
+  h = hashlib.sha256(json.dumps({k: (files[k] or {}).get("sha256") for k in sorted(files)},
+                                sort_keys=True).encode())
+  h.update(json.dumps({k: meta.get(k) for k in ("kind", "code_bits", "num_passages", "nprobe")},
+                      sort_keys=True).encode())
+  return {"path": str(pathlib.Path(index_dir).resolve()), "sha256": h.hexdigest()}
+
+
+def _embedding_files(path: pathlib.Path) -> list[pathlib.Path]:
+  if path.is_dir():
+    if (path / "embeddings.npy").exists():
+      return [path / "embeddings.npy"]
+    return sorted(path.glob("shard_*/embeddings.npy"))
+  return [path]
+
+
+def read_results(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+  """(inputs, rows) of an evaluation output; a file from before provenance (a bare list of
+  rows) has inputs None."""
+  from bpr_jax.io import read_json  # pylint: disable=import-outside-toplevel
+  data = read_json(path)
+  if isinstance(data, list):
+    return None, data
+  if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+    raise ValueError(f"{path}: not an evaluation output (expected {{'inputs', 'rows'}})")
+  return data.get("inputs"), data["rows"]
 
 
 def _define_flags() -> None:
@@ -465,7 +580,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("split", "test", "BEIR qrels split.")
   flags.DEFINE_string("output", None, "Result JSON file.")
   flags.DEFINE_list("k", ["1", "5", "20", "100"], "Cut-offs for recall@k.")
-  flags.DEFINE_integer("l", 1000, "Stage-1 candidates.")
+  flags.DEFINE_integer("l", 1000, "Stage-1 candidates (at least the largest --k).")
   flags.DEFINE_list("baselines", list(BASELINES),
                     "Float baselines (need float embeddings; skipped when there are none).")
   flags.DEFINE_list("baseline_bits", [], "Also run the lsh / pq baselines at these code sizes "
@@ -478,57 +593,131 @@ def _define_flags() -> None:
   flags.DEFINE_integer("batch_size", 64, "Question encoding batch size.")
   flags.DEFINE_bool("ignore_identical_ids", True, "BEIR: drop retrieved documents whose id is the "
                     "query id (BEIR's default).")
+  flags.DEFINE_string("passage_cache_dir", None, "Folder for the passage file's offset index "
+                      "(default: .passage_cache beside --output).")
+  flags.DEFINE_bool("allow_mismatch", False, "Evaluate a model, index and passage file that do "
+                    "not belong together (the index was built from other codes).")
+  flags.DEFINE_bool("overwrite", False, "Replace an --output made from other inputs.")
   flags.mark_flags_as_required(["model", "index", "output"])
 
 
 def main(argv: Sequence[str]) -> None:
+  """The command (see the module docstring); every user error raises before expensive work."""
   from absl import app, flags  # pylint: disable=import-outside-toplevel
 
-  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+  from bpr_jax.io import read_json  # pylint: disable=import-outside-toplevel
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  try:
-    if (f.qa is None) == (f.beir_dir is None):
-      raise ValueError("give exactly one of --qa or --beir_dir")
-    ks = [int(k) for k in f.k]
-    if not ks or min(ks) < 1:
-      raise ValueError(f"--k must be positive integers, got {f.k}")
-    index = BinaryIndex.load(f.index)
-    if f.qa is not None:
-      if f.passages is None:
-        raise ValueError("--qa needs --passages to check answers in passage texts")
-      questions = load_qa(f.qa, f.max_questions)
-    else:
-      questions = load_beir(f.beir_dir, f.split, [str(i) for i in index.ids.tolist()],
-                            f.max_questions)
-    emb_path = f.embeddings or default_embeddings_path(index)
-    baselines = [b for b in f.baselines if b]
-    embeddings = embedding_ids = None
-    if baselines and emb_path is None:
-      print("no float embeddings found; skipping float baselines")
-      baselines = []
-    elif baselines:
-      embeddings = load_embeddings(emb_path, index)
-      embedding_ids = load_embedding_ids(emb_path)
-    model = load_exported(f.model)
-    rows = run_evaluation(model, index, questions, ks=ks, l=f.l, passages=f.passages,
-                          baselines=baselines, embeddings=embeddings, embedding_ids=embedding_ids,
-                          baseline_bits=[int(b) for b in f.baseline_bits],
-                          match=f.match, num_single=f.num_single, batch_size=f.batch_size,
-                          ignore_identical_ids=f.ignore_identical_ids)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    raise SystemExit(f"error: {e}") from None
+  # 1. Flags, then the files they name: no model, no index arrays yet.
+  if (f.qa is None) == (f.beir_dir is None):
+    raise ValueError("give exactly one of --qa or --beir_dir")
+  beir = f.beir_dir is not None
+  ks, l, baselines, baseline_bits = check_settings(f.k, f.l, f.baselines, f.baseline_bits,
+                                                   beir=beir)
+  if f.num_single < 0:
+    raise ValueError(f"--num_single must be >= 0, got {f.num_single}")
+  if f.batch_size < 1:
+    raise ValueError(f"--batch_size must be >= 1, got {f.batch_size}")
+  if f.max_questions is not None and f.max_questions < 1:
+    raise ValueError(f"--max_questions must be >= 1, got {f.max_questions}")
   out = pathlib.Path(f.output)
+  if out.is_dir():
+    raise IsADirectoryError(f"--output={f.output} is a folder; give a JSON file name")
+  model_dir = _require_dir("--model", f.model, "bpr.json", "an exported model (bpr_jax.export)")
+  index_dir = _require_dir("--index", f.index, "meta.json", "a complete index (bpr_jax.index)")
+  passages = _require_file("--passages", f.passages) if f.passages is not None else None
+  if beir:
+    beir_dir = _require_dir("--beir_dir", f.beir_dir, "queries.jsonl", "a BEIR dataset folder")
+    qrels = beir_dir / "qrels" / f"{f.split}.tsv"
+    if not qrels.is_file():
+      raise FileNotFoundError(f"--split={f.split}: no {qrels}")
+    question_files = [beir_dir / "queries.jsonl", qrels]
+    question_fp = provenance.fingerprint_files(question_files, beir_dir)
+    questions = None  # read once the index's ids are known (qrels are checked against them)
+  else:
+    if passages is None:
+      raise ValueError("--qa needs --passages to check answers in passage texts")
+    qa = _require_file("--qa", f.qa)
+    questions = load_qa(qa, f.max_questions)  # a format error names the file and line
+    question_fp = provenance.fingerprint_file(qa)
+  index_meta = read_json(index_dir / "meta.json")
+  emb_path = (pathlib.Path(f.embeddings) if f.embeddings is not None
+              else default_embeddings_path(index_meta))
+  if emb_path is not None and f.embeddings is not None and not emb_path.exists():
+    raise FileNotFoundError(f"--embeddings={f.embeddings}: no such file or folder")
+  if baselines and emb_path is None:
+    print("no float embeddings found; skipping float baselines")
+    baselines, baseline_bits = [], []
+  emb_files = _embedding_files(emb_path) if baselines else []
+  if baselines and not emb_files:
+    raise FileNotFoundError(f"no embeddings.npy in {emb_path} (encode with --save_float)")
+
+  # 2. Do the pieces belong together, and is the output already there?
+  model_fp = provenance.model_fingerprint(model_dir)
+  passages_fp = provenance.fingerprint_passages(passages) if passages is not None else None
+  check_pieces(index_meta, index_path=index_dir, model=model_fp, passages=passages_fp,
+               allow_mismatch=f.allow_mismatch)
+  inputs: dict[str, Any] = {
+      "model": model_fp,
+      "index": index_fingerprint(index_dir, index_meta),
+      "questions": question_fp,
+      "settings": {"k": ks, "l": l, "baselines": baselines, "baseline_bits": baseline_bits,
+                   "mode": "beir" if beir else "qa", "split": f.split if beir else None,
+                   "match": f.match, "max_questions": f.max_questions,
+                   "ignore_identical_ids": f.ignore_identical_ids},
+  }
+  if passages_fp is not None:
+    inputs["passages"] = passages_fp
+  if emb_files:
+    inputs["embeddings"] = provenance.fingerprint_files(emb_files, emb_files[0].parent)
+  recorded = None
+  if out.is_file():
+    try:
+      recorded, stored_rows = read_results(out)
+    except ValueError:
+      recorded, stored_rows = None, []
+  action = provenance.check_output(out, recorded, inputs, what="an evaluation",
+                                   overwrite=f.overwrite)
+  if action == "reuse":
+    print(markdown_table(stored_rows))
+    print(f"{out} already holds this evaluation (same model, index, questions and settings); "
+          "reusing it")
+    return
+
+  # 3. The work: index, questions, passages, embeddings, then the model.
+  index = BinaryIndex.load(index_dir)
+  if questions is None:
+    questions = load_beir(beir_dir, f.split, [str(i) for i in index.ids.tolist()],
+                          f.max_questions)
+  embeddings = embedding_ids = None
+  if baselines:
+    embeddings = load_embeddings(emb_path, index)
+    embedding_ids = load_embedding_ids(emb_path)
+    if "pq" in baselines:
+      d = embeddings.shape[1]
+      for bits in [index.code_bits] + baseline_bits:
+        if d % (bits // 8):
+          raise ValueError(f"pq at {bits} bits needs {bits // 8} sub-quantisers, which do not "
+                           f"divide the embedding dimension {d}; drop pq or that --baseline_bits")
+  cache_dir = (pathlib.Path(f.passage_cache_dir) if f.passage_cache_dir is not None
+               else out.resolve().parent / ".passage_cache")
+  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  model = load_exported(model_dir)
+  rows = run_evaluation(model, index, questions, ks=ks, l=l, passages=passages,
+                        baselines=baselines, embeddings=embeddings, embedding_ids=embedding_ids,
+                        baseline_bits=baseline_bits, match=f.match, num_single=f.num_single,
+                        batch_size=f.batch_size, ignore_identical_ids=f.ignore_identical_ids,
+                        passage_cache_dir=cache_dir)
   out.parent.mkdir(parents=True, exist_ok=True)
-  atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
+  atomic_write_text(out, json.dumps({provenance.INPUTS: inputs, "rows": rows}, indent=2) + "\n")
   print(markdown_table(rows))
   print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-  from absl import app as _app
+  from bpr_jax import cli
 
-  _define_flags()
-  _app.run(main)
+  cli.run(main, _define_flags)

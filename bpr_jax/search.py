@@ -26,6 +26,10 @@ benchmarks/results/search_speed.md.
 Ablations: ``rerank=False`` returns the Hamming order with score
 ``<h_q, h_p> = d - 2 * hamming``; ``candidates=False`` reranks every passage.
 
+``Retriever`` refuses a model, index and passage file that do not belong together
+(``check_pieces``: the index's ``meta.json`` records the model and passages its codes were made
+from) unless ``allow_mismatch``.
+
 Exact Hamming top-k on an accelerator (codes resident on the device) is
 ``bpr_jax.device_search.DeviceHammingIndex``, the one JAX implementation.
 """
@@ -263,6 +267,34 @@ def set_search_threads(threads: int | None = None) -> int:
   return int(faiss.omp_get_max_threads())
 
 
+def check_pieces(index: BinaryIndex | dict[str, Any], *, model: dict[str, Any] | None = None,
+                 passages: dict[str, Any] | None = None, allow_mismatch: bool = False,
+                 index_path: str | os.PathLike | None = None) -> list[str]:
+  """Checks that an index, a model and a passage source belong together.
+
+  ``index`` is a ``BinaryIndex`` or its ``meta.json`` dict (then ``index_path`` names it).
+  ``model`` and ``passages`` are fingerprints (``provenance.model_fingerprint``,
+  ``provenance.fingerprint_passages``); each given one is compared with what the index's
+  ``meta.json`` records its codes were made from.  An index without a record (built before
+  provenance, or in memory) passes.  Returns the fields that differ; raises
+  ``provenance.ProvenanceError`` naming them (and ``--allow_mismatch``) unless ``allow_mismatch``.
+  """
+  from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+
+  meta = index if isinstance(index, dict) else index.meta
+  if index_path is None and not isinstance(index, dict):
+    index_path = index.path
+  recorded = (meta or {}).get(provenance.INPUTS)
+  current = {k: v for k, v in (("model", model), ("passages", passages)) if v is not None}
+  if not recorded or not current:
+    return []
+  names = [f"index {index_path if index_path is not None else '(in memory)'}"]
+  names += [f"{k} {v.get('path', '?')}" for k, v in current.items()]
+  pieces = ", ".join(names[:-1]) + " and " + names[-1]
+  return provenance.check_belongs(pieces, {k: recorded[k] for k in current if k in recorded},
+                                  current, allow=allow_mismatch)
+
+
 class Retriever:
   """Encodes questions with an exported BPR model and searches a binary index.
 
@@ -271,36 +303,54 @@ class Retriever:
     index: the binary passage index.
     passages: optional passage file (DPR TSV / BEIR JSONL); when given, hits
       also carry ``title`` and ``text``, read through
-      ``bpr_jax.passage_store.PassageStore`` (an on-disk offset index built
-      once beside the file, so the corpus is never held in memory).
+      ``bpr_jax.passage_store.PassageStore`` (an on-disk offset index, so the
+      corpus is never held in memory).
     l: stage-1 candidates per question.
     rerank, candidates: the ablation switches of ``two_stage_search``.
     nprobe: ivf lists probed (default: the index's setting).
     threads: faiss threads (``set_search_threads``; None reads
       ``$BPR_SEARCH_THREADS``, 0 or unset keeps faiss's default).
+    model_dir: the exported model's folder (``from_paths`` passes it; default the model's
+      ``path`` attribute, if any): checked against the model the index's codes were made from.
+    allow_mismatch: use a model, index and passage file that do not belong together
+      (``check_pieces``); by default that is a ``ProvenanceError``.
+    passage_cache_dir: where ``PassageStore`` keeps the passage file's offset index
+      (default: ``PassageStore``'s own).
   """
 
   def __init__(self, model: Any, index: BinaryIndex, *, passages: str | os.PathLike | None = None,
                l: int = 1000, rerank: bool = True, candidates: bool = True,
-               nprobe: int | None = None, threads: int | None = None):
+               nprobe: int | None = None, threads: int | None = None,
+               model_dir: str | os.PathLike | None = None, allow_mismatch: bool = False,
+               passage_cache_dir: str | os.PathLike | None = None):
+    from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+
     self.model = model
     self.index = index
     self.l = int(l)
-    if nprobe is not None:
-      index.nprobe = nprobe
-    self.threads = set_search_threads(threads)
-    self.rerank = rerank
-    self.candidates = candidates
+    if self.l < 1:
+      raise ValueError(f"l must be >= 1, got {l}")
     settings = getattr(model, "settings", None) or {}
     dim = settings.get("code_bits") or settings.get("hidden_size")
     if dim is not None and int(dim) != index.code_bits:
       raise ValueError(
           f"model produces {dim}-dim question embeddings but the index has "
           f"{index.code_bits}-bit codes; they were not built together")
+    model_dir = model_dir if model_dir is not None else getattr(model, "path", None)
+    self.mismatched = check_pieces(
+        index,
+        model=provenance.model_fingerprint(model_dir) if model_dir is not None else None,
+        passages=provenance.fingerprint_passages(passages) if passages is not None else None,
+        allow_mismatch=allow_mismatch)
+    if nprobe is not None:
+      index.nprobe = nprobe
+    self.threads = set_search_threads(threads)
+    self.rerank = rerank
+    self.candidates = candidates
     self.passage_store = None
     if passages is not None:
       from bpr_jax.passage_store import PassageStore  # pylint: disable=import-outside-toplevel
-      self.passage_store = PassageStore(passages)
+      self.passage_store = PassageStore(passages, cache_dir=passage_cache_dir)
       if len(self.passage_store) != index.ntotal:
         raise ValueError(
             f"passage file {passages} has {len(self.passage_store)} passages but the index "
@@ -308,10 +358,25 @@ class Retriever:
 
   @classmethod
   def from_paths(cls, model_dir: str | os.PathLike, index_dir: str | os.PathLike,
-                 passages: str | os.PathLike | None = None, **kwargs) -> "Retriever":
-    """Loads an exported model and an index folder."""
+                 passages: str | os.PathLike | None = None, *, allow_mismatch: bool = False,
+                 **kwargs) -> "Retriever":
+    """Loads an exported model and an index folder.
+
+    The pieces are checked to belong together (``check_pieces``) before the model loads.
+    """
+    from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
     from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
-    return cls(load_exported(model_dir), BinaryIndex.load(index_dir), passages=passages, **kwargs)
+
+    index = BinaryIndex.load(index_dir)
+    mismatched = check_pieces(
+        index, model=provenance.model_fingerprint(model_dir),
+        passages=provenance.fingerprint_passages(passages) if passages is not None else None,
+        allow_mismatch=allow_mismatch)
+    # The model is checked above (its fingerprint is computed once); __init__ checks passages.
+    retriever = cls(load_exported(model_dir), index, passages=passages,
+                    allow_mismatch=allow_mismatch, **kwargs)
+    retriever.mismatched = sorted(set(mismatched) | set(retriever.mismatched))
+    return retriever
 
   def encode(self, questions: Sequence[str]) -> np.ndarray:
     """Question embeddings float32 [B, d], checked against the index."""

@@ -244,7 +244,7 @@ def test_qa_mode_and_errors(setup, tmp_path):
   qa.write_text("what is a cell?\t['cell', 'cells']\nwhat is dna?\t[\"DNA\"]\n")
   questions = ev.load_qa(qa)
   assert questions.answers == [["cell", "cells"], ["DNA"]]
-  rows = ev.run_evaluation(model, index, questions, ks=[1, 300], l=50,
+  rows = ev.run_evaluation(model, index, questions, ks=[1, 300], l=300,
                            passages=root / "beir" / "corpus.jsonl", num_single=1, log=None)
   assert [r["name"] for r in rows] == ["bpr-flat", "bpr-flat-no-rerank", "bpr-flat-no-candidates"]
   assert rows[2]["recall@300"] == 1.0  # all passages retrieved; both answers occur somewhere
@@ -291,7 +291,7 @@ def test_evaluate_command(setup, tmp_path):
        f"--output={out}", "--baselines=flat_ip,lsh", "--num_single=1"],
       capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), check=False)
   assert res.returncode == 0, res.stderr[-2000:]
-  rows = json.loads(out.read_text())
+  rows = json.loads(out.read_text())["rows"]
   assert [r["name"] for r in rows] == ["bpr-flat", "bpr-flat-no-rerank", "bpr-flat-no-candidates",
                                        "flat_ip", "lsh"]
   assert "| name | recall@1 | recall@10 | ndcg@10 | mrr@10 |" in res.stdout

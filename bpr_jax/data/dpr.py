@@ -383,33 +383,62 @@ def write_dpr_json(path: str | os.PathLike, records: Iterator[dict] | list[dict]
   return n
 
 
+_QA_HEADER_WORDS = {"question", "questions", "query", "queries", "q", "text", "answer", "answers"}
+
+
 def parse_answers(field: str) -> list[str]:
-  """The answers column of a DPR qas file: a Python/JSON list literal of strings."""
+  """The answers column of a DPR qas file: a Python/JSON list literal of strings.
+
+  Raises ValueError with a one-line fault (the value is not a list, or holds a non-string).
+  """
   import ast  # pylint: disable=import-outside-toplevel
-  value = ast.literal_eval(field.strip())
-  if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
-    raise ValueError("answers must be a list of strings")
+  text = field.strip()
+  try:
+    value = json.loads(text)
+  except ValueError:
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+      raise ValueError(f"answers {snippet(text)!r} are not a Python/JSON list of strings "
+                       "(expected e.g. ['Paris'])") from None
+  if not isinstance(value, (list, tuple)):
+    raise ValueError(f"answers {snippet(text)!r} are a {type(value).__name__}, not a list of "
+                     "strings (expected e.g. ['Paris'])")
+  bad = [a for a in value if not isinstance(a, str)]
+  if bad:
+    raise ValueError(f"answers {snippet(text)!r} hold a {type(bad[0]).__name__} ({snippet(repr(bad[0]))}), "
+                     "not only strings")
   return list(value)
+
+
+def _looks_like_header(row: list[str]) -> bool:
+  words = [c.strip().lower() for c in row[:2]]
+  return all(w in _QA_HEADER_WORDS for w in words)
 
 
 def iter_qas(path: str | os.PathLike) -> Iterator[tuple[int, str, list[str]]]:
   """Streams (line, question, answers) from a DPR qas file (nq-test.csv layout).
 
-  Each line is `question<TAB>['answer', ...]`; a bad line is a DataError
-  naming the file and line.
+  Each line is ``question<TAB>['answer', ...]`` (a Python or JSON list of strings), with no
+  header line.  A bad line is a one-line DataError ``FILE:LINE: fault``.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise data_error(path, 0, "file not found")
+  first = True
   with open(path, "r", encoding="utf-8", newline="") as f:
     for line, row in tsv_rows(path, f):
+      if first and _looks_like_header(row):
+        raise data_error(path, line, f"header line {snippet(chr(9).join(row))!r}: a DPR qas file "
+                         "has none (each line is question<TAB>['answer', ...]); remove it")
+      first = False
       if len(row) < 2:
-        raise data_error(path, line, "expected 'question<TAB>[answers]'")
+        raise data_error(path, line, "expected 'question<TAB>[answers]', found no tab")
       question = row[0].strip()
       if not question:
         raise data_error(path, line, "empty question")
       try:
         answers = parse_answers(row[1])
-      except (ValueError, SyntaxError) as e:
-        raise data_error(path, line, f"bad answers {snippet(row[1])!r}: {e}") from None
+      except ValueError as e:
+        raise data_error(path, line, f"bad answers: {e}") from None
       yield line, question, answers

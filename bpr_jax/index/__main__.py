@@ -1,12 +1,15 @@
-"""The ``index`` command: builds a binary index from an encode output.
+"""Builds a binary passage index from an encode output.
 
 Usage::
 
   python -m bpr_jax.index --codes=C --kind=flat --output=I
-      [--hash_bits=B --nflip=F --nhash=H | --nlist=L --nprobe=P --train_size=T]
+      [--hash_bits=B --nflip=F --nhash=H | --nlist=L --nprobe=P --train_size=T] [--overwrite]
 
-``C`` is the output folder of ``bpr_jax.encode`` (one shard or many in
-``shard_00000/`` ...); ``I`` gets the folder of ``bpr_jax.index.binary_index``.
+``C`` is the output folder of ``bpr_jax.encode`` (one shard or many in ``shard_00000/`` ...);
+``I`` gets an index folder (``bpr_jax.index.binary_index``) whose ``meta.json`` records its
+inputs: the codes, the model and passages they were encoded from, and the settings.  Run again
+with the same inputs, the existing index is reused; with other inputs it is refused unless
+``--overwrite``.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("nprobe", None, f"ivf lists probed per question (default {DEFAULT_NPROBE}).")
   flags.DEFINE_integer("train_size", None, "ivf k-means sample (default 64*nlist).")
   flags.DEFINE_boolean("verify", True, "Check sha256 of the encode output.")
+  flags.DEFINE_boolean("overwrite", False, "Replace an index at --output built from other inputs.")
   flags.mark_flags_as_required(["codes", "output"])
 
 
@@ -41,12 +45,14 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
   t0 = time.time()
-  try:
-    meta = build_from_codes_dir(f.codes, f.output, f.kind, hash_bits=f.hash_bits,
-                                nflip=f.nflip, nhash=f.nhash, nlist=f.nlist, nprobe=f.nprobe,
-                                train_size=f.train_size, verify=f.verify)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  reused: list[str] = []
+  meta = build_from_codes_dir(f.codes, f.output, f.kind, hash_bits=f.hash_bits,
+                              nflip=f.nflip, nhash=f.nhash, nlist=f.nlist, nprobe=f.nprobe,
+                              train_size=f.train_size, verify=f.verify, overwrite=f.overwrite,
+                              log=reused.append)
+  if reused:
+    print(reused[0])
+    return
   settings = {k: meta[k] for k in ("hash_bits", "nflip", "nhash", "nlist", "nprobe") if k in meta}
   print(f"wrote {meta['kind']} index of {meta['num_passages']} passages x {meta['code_bits']} bits "
         f"{settings or ''} to {f.output} in {time.time() - t0:.1f}s")

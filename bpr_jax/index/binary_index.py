@@ -88,24 +88,139 @@ def save_index(out_dir: str | os.PathLike, index, codes: np.ndarray, ids: Sequen
   return full
 
 
+def _shard_manifests(codes_dir: pathlib.Path) -> list[dict[str, Any]]:
+  """The manifests of an encode output's shards in shard order (read only, no arrays)."""
+  from bpr_jax.index.codes_dir import MANIFEST, read_manifest  # pylint: disable=import-outside-toplevel
+
+  if not codes_dir.is_dir():
+    raise FileNotFoundError(f"codes folder {codes_dir} does not exist")
+  if (codes_dir / MANIFEST).exists():
+    dirs = [codes_dir]
+  else:
+    dirs = sorted(p for p in codes_dir.glob("shard_*") if p.is_dir())
+    if not dirs:
+      raise FileNotFoundError(
+          f"{codes_dir}: no manifest.json and no shard_* folders; is it an encode output?")
+  manifests = []
+  for d in dirs:
+    m = read_manifest(d)
+    if m is None:
+      raise ValueError(f"{d}: shard has no {MANIFEST} (encode did not finish)")
+    manifests.append(m)
+  return manifests
+
+
+def codes_fingerprint(codes_dir: str | os.PathLike,
+                      manifests: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+  """``{"path", "sha256"}`` of an encode output: sha256 over each shard manifest's codes.npy and
+  ids.npy sha256, in shard order (no array is read)."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+
+  codes_dir = pathlib.Path(codes_dir).resolve()
+  if manifests is None:
+    manifests = _shard_manifests(codes_dir)
+  h = hashlib.sha256()
+  for m in manifests:
+    files = m.get("files") or {}
+    for name in ("codes.npy", "ids.npy"):
+      record = files.get(name) or {}
+      if "sha256" not in record:
+        raise ValueError(f"{codes_dir}: a shard manifest has no sha256 for {name}")
+      h.update(f"{name}:{record['sha256']};".encode())
+  return {"path": str(codes_dir), "sha256": h.hexdigest()}
+
+
+def index_inputs(codes_dir: str | os.PathLike, kind: str, *,
+                 manifests: Sequence[dict[str, Any]] | None = None,
+                 **params: int | None) -> dict[str, Any]:
+  """The ``inputs`` record of an index built from ``codes_dir`` (``bpr_jax.provenance``).
+
+  ``{"codes": codes_fingerprint, "model", "passages" (from the encode manifests' own inputs,
+  when they have them), "settings": {"kind", and each parameter given}}``.  Shards that disagree
+  on their model or passages are refused.
+  """
+  from bpr_jax.provenance import INPUTS, changed  # pylint: disable=import-outside-toplevel
+
+  codes_dir = pathlib.Path(codes_dir).resolve()
+  if manifests is None:
+    manifests = _shard_manifests(codes_dir)
+  inputs: dict[str, Any] = {"codes": codes_fingerprint(codes_dir, manifests)}
+  for key in ("model", "passages"):
+    values = [(m.get(INPUTS) or {}).get(key) for m in manifests]
+    if values[0] is None:
+      continue
+    for i, v in enumerate(values[1:], 1):
+      if v is None or changed({key: values[0]}, {key: v}):
+        raise ValueError(f"{codes_dir}: shard {i} was encoded from another {key} than shard 0")
+    inputs[key] = values[0]
+  settings: dict[str, Any] = {"kind": kind}
+  settings.update({k: int(v) for k, v in sorted(params.items()) if v is not None})
+  inputs["settings"] = settings
+  return inputs
+
+
+_INDEX_FILES = ("index.faiss", "codes.npy", "ids.npy", "meta.json")
+
+
+def _incomplete_index(out: pathlib.Path) -> bool:
+  """A folder holding only pieces of an index without its meta.json (a run that died)."""
+  if not out.is_dir() or (out / "meta.json").exists():
+    return False
+  return all(p.name in _INDEX_FILES or p.name.startswith(tuple(f"{n}." for n in _INDEX_FILES))
+             for p in out.iterdir())
+
+
 def build_from_codes_dir(codes_dir: str | os.PathLike, out_dir: str | os.PathLike, kind: str,
                          *, hash_bits: int | None = None, nflip: int | None = None,
                          nhash: int | None = None, nlist: int | None = None,
                          nprobe: int | None = None, train_size: int | None = None,
-                         verify: bool = True) -> dict[str, Any]:
-  """Reads an encode output, builds an index of ``kind`` and saves it."""
+                         verify: bool = True, overwrite: bool = False,
+                         log: Any = None) -> dict[str, Any]:
+  """Reads an encode output, builds an index of ``kind`` and saves it; returns its meta.
+
+  The one overwrite rule (``bpr_jax.provenance.check_output``): an index at ``out_dir`` built
+  from the same codes and settings is reused (``log`` gets one line; nothing is rebuilt); one
+  built from other inputs is refused unless ``overwrite``.  The folder is written beside
+  ``out_dir`` and renamed into place, so a failed build leaves the old one untouched.
+  ``meta.json`` records ``inputs`` (``index_inputs``).
+  """
+  from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+  from bpr_jax.io import atomic_directory  # pylint: disable=import-outside-toplevel
+
+  codes_dir = pathlib.Path(codes_dir)
+  out = pathlib.Path(out_dir)
+  manifests = _shard_manifests(codes_dir)
+  inputs = index_inputs(codes_dir, kind, manifests=manifests, hash_bits=hash_bits, nflip=nflip,
+                        nhash=nhash, nlist=nlist, nprobe=nprobe, train_size=train_size)
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f"--output {out} exists and is not a folder")
+  recorded = None
+  if (out / "meta.json").is_file():
+    try:
+      recorded = read_json(out / "meta.json").get(provenance.INPUTS)
+    except (ValueError, AttributeError):
+      recorded = None
+  if not _incomplete_index(out):
+    action = provenance.check_output(out, recorded, inputs, what="an index", overwrite=overwrite)
+    if action == "reuse":
+      meta = read_json(out / "meta.json")
+      if log is not None:
+        log(f"{out} already holds this index (same codes and settings); reusing it")
+      return meta
   src = load_codes_dir(codes_dir, verify=verify)
   index = build_index(src.codes, kind, hash_bits=hash_bits, nflip=nflip, nhash=nhash,
                       nlist=nlist, nprobe=nprobe, train_size=train_size)
   first = src.manifests[0]
   meta = {
-      "source": str(pathlib.Path(codes_dir).resolve()),
+      "source": str(codes_dir.resolve()),
       "model": first.get("model"),
       "passages": first.get("passages"),
       "num_shards": len(src.manifests),
+      provenance.INPUTS: inputs,
   }
-  return save_index(out_dir, index, src.codes, src.ids, meta)
-
+  with atomic_directory(out) as tmp:
+    meta = save_index(tmp, index, src.codes, src.ids, meta)
+  return meta
 
 
 @dataclasses.dataclass
