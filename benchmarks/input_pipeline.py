@@ -118,10 +118,10 @@ def old_batch(batches: pipeline.TrainBatches, step: int) -> dict[str, np.ndarray
   """The per-step tokenisation the pipeline did before token tables."""
   cfg = batches.config
   examples, positives, negatives = batches.examples(step)
-  out = pipeline._prefixed("q", batches.tokenizer.questions([e.question for e in examples], cfg.question_max_length))
-  out.update(pipeline._prefixed("pos", pipeline.tokenize_passages(batches.tokenizer, positives, cfg.passage_max_length)))
-  out.update(pipeline._prefixed("neg", pipeline.tokenize_passages(batches.tokenizer, negatives, cfg.passage_max_length)))
-  return out
+  tokens = {"q": batches.tokenizer.questions([e.question for e in examples], cfg.question_max_length),
+            "pos": pipeline.tokenize_passages(batches.tokenizer, positives, cfg.passage_max_length),
+            "neg": pipeline.tokenize_passages(batches.tokenizer, negatives, cfg.passage_max_length)}
+  return {f"{prefix}_{field}": t[field] for prefix, t in tokens.items() for field in pipeline.FIELDS}
 
 
 def padding_stats(batches: pipeline.TrainBatches, steps, max_q: int, max_p: int) -> dict:

@@ -86,7 +86,7 @@ W=/tmp/scifact-bench and S="--override=num_train_steps=200 --override=model.atte
 (about 25 minutes per fine-tuned run on 2 CPU cores: 200 steps, then encoding 5,183 documents; the
 ste-cls run and those before it ran under glibc's default allocator, ste-lr1e-4, ste-g0.1
 and ste-head384 under GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (--allocator=thp): same values, 3.5-3.6
-against 3.0 examples/s in training there, but slower on an idle box in train_step_allocators.py;
+against 3.0 examples/s in training there, but slower on an idle box in train_speed.py --what=allocators;
 tanh-final43 and the 400-step runs under glibc's default again; ste-400 and dpr-400 take ~45 min,
 ste-head768-400 took 69 min of training on a slower day, ste-head128-400 53 min and ste-ce 26 min).
 
@@ -113,7 +113,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, log, shared_dir  # noqa: E402
-from bpr_jax import cpu_env  # noqa: E402
+from benchmarks import cpu_env  # noqa: E402
 
 DOC_FORMATS = ("single", "pair")
 MAX_LENGTH = 256
@@ -255,14 +255,12 @@ def gaussian_lsh(docs: np.ndarray, ids, seed: int):
 
 def ip_pq(docs: np.ndarray, ids_bytes: int, ids):
   """PQ 48 x 8 bits with inner-product ADC (faiss IndexPQ, METRIC_INNER_PRODUCT, k-means seed
-  1234) over the L2-normalised vectors: the asymmetric distance <q, decode(code)>."""
-  import faiss
+  1234) over the L2-normalised 384-d vectors: the asymmetric distance <q, decode(code)>
+  (`evaluate.float_systems`' 'pq' at 384 bits)."""
   from bpr_jax import evaluate
-  index = faiss.IndexPQ(docs.shape[1], 48, 8, faiss.METRIC_INNER_PRODUCT)
-  index.train(np.ascontiguousarray(docs))
-  index.add(np.ascontiguousarray(docs))
-  return evaluate.System("minilm-pq", evaluate._faiss_search(index), 48.0,  # pylint: disable=protected-access
-                         int(faiss.serialize_index(index).size) + ids_bytes, np.asarray(ids))
+  (system,) = evaluate.float_systems(docs, 384, ["pq"], np.asarray(ids), log=None, ids_bytes=ids_bytes)
+  system.name = "minilm-pq"
+  return system
 
 
 def untrained_rows(work: pathlib.Path, fmt: str, num_single: int, sweep: dict | None = None) -> list[dict]:
@@ -661,7 +659,7 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--stage", choices=("encode", "untrained", "crosscheck", "finetune", "report", "all"), default="all")
   p.add_argument("--allocator", default="default", choices=cpu_env.ALLOCATORS,
-                 help="memory-allocator settings of the project commands it runs (bpr_jax/cpu_env.py)")
+                 help="memory-allocator settings of the project commands it runs (benchmarks/cpu_env.py)")
   p.add_argument("--work_dir", default=os.environ.get("BPR_SCIFACT_WORK", "/tmp/bpr-scifact-bench"))
   p.add_argument("--formats", default="single,pair")
   p.add_argument("--batch_size", type=int, default=32)

@@ -10,7 +10,7 @@ reports throughput, latency percentiles, errors, the server's batching and its
 resident memory at the start and end (it should stay flat).
 
 Targets:
-  --fake                        start `benchmarks/fake_serve.py` (the fake
+  --fake                        start `tests/fake_serve.py` (the fake
                                 retriever) on a synthetic corpus (no model)
   --model=M --index=I --passages=P
                                 start the real server on a real model and index
@@ -152,7 +152,7 @@ class Server:
       if not passages:
         passages = str(tmp / "fake_passages.tsv")
         _write_fake_corpus(pathlib.Path(passages), args.fake_passages)
-      cmd = [sys.executable, "-m", "benchmarks.fake_serve", *common, f"--passages={passages}",
+      cmd = [sys.executable, "-m", "tests.fake_serve", *common, f"--passages={passages}",
              f"--passage_cache_dir={tmp / 'cache'}", f"--delay_ms={args.fake_delay_ms}",
              f"--per_question_ms={args.fake_per_question_ms}"]
     else:

@@ -22,7 +22,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from benchmarks.fake_serve import FakeRetriever
+from tests.fake_serve import FakeRetriever
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, path
   log = open(tmp / "server.log", "wb")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "benchmarks.fake_serve", f"--passages={passages}",
+      [sys.executable, "-m", "tests.fake_serve", f"--passages={passages}",
        f"--passage_cache_dir={tmp / 'cache'}", "--host=127.0.0.1", f"--port={port}"],
       cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
   base = f"http://127.0.0.1:{port}"

@@ -5,7 +5,7 @@ with malloc, and glibc serves blocks that size with a fresh mmap and returns the
 Every step then faults its whole working set in again, one 4 KiB page at a time, and the kernel
 zeroes each page: measured with MiniLM BPR at batch 16, q 64 / p 256 on a 2-core Xeon, 1.35M
 minor page faults and 1.7-2.0 s of system time per step next to 8.2-9.6 s of user time (idle box)
-(benchmarks/train_step_allocators.py). Three settings change that, all set before the process
+(benchmarks/train_speed.py --what=allocators). Three settings change that, all set before the process
 starts, none the default, because none is a safe win:
 
   jemalloc  LD_PRELOAD=libjemalloc.so.2 with MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
@@ -17,7 +17,7 @@ starts, none the default, because none is a safe win:
             With one shape (--config.data.pad_multiple=0) the real SciFact loop stays bounded:
             peak 11.6-14.7 GB in 30-step runs, 11.0-11.4 GB resident from the first steps to
             step 100 (peak 11.8), against 6.5-7.1 GB under glibc, and 1.25x faster than glibc
-            with bucketed shapes (6.22 vs 7.80 s/step; benchmarks/train_loop_cpu.py, AMD EPYC).
+            with bucketed shapes (6.22 vs 7.80 s/step; benchmarks/train_speed.py --what=loop, AMD EPYC).
   heap      GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1T:glibc.malloc.arena_max=1
             (nothing to install): glibc serves every block from one heap and never trims it, so
             freed buffers are reused (0 faults/step; 4.83 s/step against 7.73 under the default
@@ -28,7 +28,7 @@ starts, none the default, because none is a safe win:
             20.7 GB at step 21, when it was stopped. With top_pad=1G added even a fixed shape grew
             (10.9 -> 15.8 GB at step 10). The real training loop with one shape
             (--config.data.pad_multiple=0) was killed for memory (23 GB) before its 10th step,
-            every time (benchmarks/train_loop_cpu.py): for the step benchmarks only.
+            every time (benchmarks/train_speed.py --what=loop): for the step benchmarks only.
   thp       GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35): 2 MiB transparent huge pages,
             ~150x fewer faults, but the kernel's compaction and zeroing of huge pages made the
             step slower on an idle box (9.72 s against 5.33, system time 10.6 s/step) while it
@@ -37,8 +37,11 @@ starts, none the default, because none is a safe win:
 None changes a computed value: the same step gives bit-identical losses.
 Accelerator backends allocate device memory through their own allocators; this is for CPU runs.
 
-  eval "$(python -m bpr_jax.cpu_env --allocator=jemalloc)"   # one fixed batch shape only
-  python benchmarks/train_step_allocators.py                  # the comparison, side by side
+  eval "$(python benchmarks/cpu_env.py --allocator=jemalloc)"      # one fixed batch shape only
+  python benchmarks/train_speed.py --what=allocators                # the comparison, side by side
+
+A benchmark helper, not part of the bpr_jax package: benchmarks/train_speed.py and
+benchmarks/scifact.py (--allocator) start their training processes with these settings.
 """
 from __future__ import annotations
 
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
     env = allocator_env(args.allocator)
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
-    return 1
+    return 2
   for key, value in env.items():
     print(f"export {key}={shlex.quote(value)}")
   return 0

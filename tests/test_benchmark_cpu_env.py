@@ -1,11 +1,11 @@
-"""The CPU allocator settings: what they set, that a shell can take them, and that no value changes."""
+"""benchmarks/cpu_env.py, the CPU allocator settings: what they set, that a shell can take them, and that no value changes."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from bpr_jax import cpu_env
+from benchmarks import cpu_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,18 +40,18 @@ def test_bad_or_missing_allocator_is_an_error(tmp_path):
 
 
 def test_the_printed_exports_run_jax_with_the_same_values():
-  """`eval "$(python -m bpr_jax.cpu_env --allocator=thp|heap)"`, then a jitted function: same bits as the default."""
-  out = subprocess.run([sys.executable, "-m", "bpr_jax.cpu_env", "--allocator=thp"], cwd=REPO,
+  """`eval "$(python -m benchmarks.cpu_env --allocator=thp|heap)"`, then a jitted function: same bits as the default."""
+  out = subprocess.run([sys.executable, "-m", "benchmarks.cpu_env", "--allocator=thp"], cwd=REPO,
                        capture_output=True, text=True, check=True).stdout
   assert out.strip() == "export GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
   prog = ("import jax, jax.numpy as jnp, numpy as np;"
-          "from bpr_jax import cpu_env;"
+          "from benchmarks import cpu_env;"
           "x = jnp.asarray(np.random.default_rng(0).standard_normal((512, 512), np.float32));"
           "f = jax.jit(lambda a: jax.nn.gelu(a @ a.T).sum(axis=1));"
           "print(cpu_env.active_allocator(), np.asarray(f(x)).tobytes().hex()[:64])")
   results = []
   for allocator in ("default", "thp", "heap"):
-    shell = "" if allocator == "default" else f'eval "$({sys.executable} -m bpr_jax.cpu_env --allocator={allocator})" && '
+    shell = "" if allocator == "default" else f'eval "$({sys.executable} -m benchmarks.cpu_env --allocator={allocator})" && '
     env = cpu_env.without_allocator(dict(os.environ))
     proc = subprocess.run(["bash", "-c", f"{shell}{sys.executable} -c '{prog}'"], cwd=REPO, env=env,
                           capture_output=True, text=True, check=True)

@@ -1,9 +1,9 @@
 """A deterministic stand-in retriever for the search service, and a server around it.
 
 Test and load-test scaffolding (no model, no index), kept out of the bpr_jax package:
-tests/test_serve*.py and benchmarks/serve_load.py use it.
+tests/test_serve*.py use it, and benchmarks/serve_load.py --fake starts it (from the repository root).
 
-  python -m benchmarks.fake_serve --passages=P [--port=8000 --delay_ms=2 --per_question_ms=0.05]
+  python -m tests.fake_serve --passages=P [--port=8000 --delay_ms=2 --per_question_ms=0.05]
 
 serves `bpr_jax.serve.create_app(FakeRetriever, PassageStore)` with uvicorn.
 """
