@@ -114,6 +114,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, log, shared_dir  # noqa: E402
 from benchmarks import cpu_env  # noqa: E402
+from bpr_jax import evaluate  # noqa: E402
 
 DOC_FORMATS = ("single", "pair")
 MAX_LENGTH = 256
@@ -633,7 +634,7 @@ def finetuned_rows(work: pathlib.Path, tag: str = "", split: str = "test") -> li
     times = json.loads((d / "times.json").read_text())
     config = json.loads((d / "train" / "config.json").read_text())
     steps = logged_steps(d / "train")
-    for r in json.loads(path.read_text()):
+    for r in evaluate.read_results(path)[1]:
       sized = re.fullmatch(r"(.+)-(\d+bit)", r["name"])  # 'lsh-128bit': a baseline at another code size
       base, size = sized.groups() if sized else (r["name"], "")
       key = "pq" if base.startswith("pq") else base  # 'pqB' when N < 256 (B bits)
