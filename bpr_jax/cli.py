@@ -57,7 +57,8 @@ def quiet_third_party() -> None:
     logging_std.getLogger(name).setLevel(logging_std.ERROR)
 
 
-def _message(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+  """An exception as one line of text (its message, whitespace collapsed)."""
   if isinstance(error, KeyError) and error.args:
     text = str(error.args[0])
   else:
@@ -69,7 +70,7 @@ def fail(error: BaseException | str, verbose: bool = False) -> "NoReturn":  # ty
   """Prints ``error: ...`` (one line; the traceback too when ``verbose``) and exits 2."""
   if verbose and isinstance(error, BaseException):
     traceback.print_exception(error)
-  print(f"error: {_message(error) if isinstance(error, BaseException) else error}", file=sys.stderr)
+  print(f"error: {one_line(error) if isinstance(error, BaseException) else error}", file=sys.stderr)
   sys.exit(EXIT_USER_ERROR)
 
 

@@ -1,39 +1,42 @@
-"""A BPR index and question encoder in the layout Pyserini's binary dense search reads.
+"""Writes a BPR index and its question encoder as a folder for Pyserini's binary dense search.
 
-Output folder::
+Usage:
+  python -m bpr_jax.pyserini --index=INDEX --model=EXPORT --output=DIR [--overwrite]
 
-  index            faiss ``IndexBinaryIDMap`` over an ``IndexBinaryFlat`` of the
-                   passages' sign codes (``faiss.read_index_binary``)
-  docid            the passage ids, one a line, in the index's row order
-  query_encoder/   the question encoder as a transformers ``DPRQuestionEncoder``
-                   (config.json, model.safetensors, tokenizer files)
-  bpr_pyserini.json  where it came from: num_passages, code_bits, faiss_ids
+INDEX is a folder written by bpr_jax.index; EXPORT the exported model (bpr_jax.export) whose
+codes it holds (a model other than the one the index records is refused unless
+--allow_mismatch). DIR is written beside its final name and renamed into place; a DIR made from
+the same index and model is reused, one made from others is refused unless --overwrite.
 
-Pyserini::
+DIR holds:
+
+  index              faiss IndexBinaryIDMap over an IndexBinaryFlat of the passages' sign codes
+                     (faiss.read_index_binary)
+  docid              the passage ids, one a line, in the index's row order
+  query_encoder/     the question encoder as a transformers DPRQuestionEncoder
+                     (config.json, model.safetensors, tokenizer files)
+  bpr_pyserini.json  num_passages, code_bits, faiss_ids, the source index, and the inputs
+
+Search it with Pyserini:
 
   from pyserini.search.faiss import BinaryDenseSearcher, BprQueryEncoder
-  searcher = BinaryDenseSearcher(OUT, BprQueryEncoder(encoder_dir=f"{OUT}/query_encoder"))
+  searcher = BinaryDenseSearcher(DIR, BprQueryEncoder(encoder_dir=f"{DIR}/query_encoder"))
   hits = searcher.search("who wrote ...", k=10, binary_k=1000, rerank=True)
 
-``BinaryDenseSearcher`` loads only ``index`` and returns ``str(faiss id)`` as each
-hit's docid; so the faiss ids are the passage ids themselves when every id is a
-canonical decimal integer (``faiss_ids = "docid"``), else the row numbers
-(``faiss_ids = "row"``: line ``row`` of ``docid`` is the passage id).  Its rerank
-reconstructs codes from the wrapped index, so the index is always flat (exact
-Hamming, whatever kind the source index was).  ``BprQueryEncoder`` takes
-``DPRQuestionEncoder(...).pooler_output`` (the [CLS] hidden state) and sets a bit
-where it is >= 0: the same codes as this project's (``bpr_jax.codes``).  It does
-not truncate questions: for questions within the export's question_max_length
-tokens the vectors are the project's.
-
-Command::
-
-  python -m bpr_jax.pyserini --index=INDEX_DIR --model=EXPORT --output=DIR
+BinaryDenseSearcher loads only `index` and returns str(faiss id) as each hit's docid: the faiss
+ids are the passage ids themselves when every id is a canonical decimal integer
+(faiss_ids = "docid"), else the row numbers (faiss_ids = "row": line `row` of `docid` is the
+passage id). Its rerank reconstructs codes from the wrapped index, so the index is always flat
+(exact Hamming, whatever kind INDEX is). BprQueryEncoder takes DPRQuestionEncoder's
+pooler_output (the [CLS] hidden state) and sets a bit where it is >= 0: the project's codes
+(bpr_jax.codes). It does not truncate questions, so the vectors are the project's for questions
+within the export's question_max_length tokens.
 """
 from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 from typing import Sequence
 
@@ -89,9 +92,10 @@ def _docid_text(ids: Sequence) -> str:
   return "".join(line + "\n" for line in lines)
 
 
-def write_pyserini(index, model, out_dir: PathLike) -> dict:
+def write_pyserini(index, model, out_dir: PathLike, inputs: dict | None = None) -> dict:
   """Writes the Pyserini folder (module docstring) for a loaded `BinaryIndex` and
-  `ExportedModel`; replaces `out_dir` atomically; returns the info dict."""
+  `ExportedModel`, recording `inputs` (`pyserini_inputs`) when given; replaces `out_dir`
+  atomically; returns the info dict."""
   import faiss  # pylint: disable=import-outside-toplevel
 
   from bpr_jax.models import hf  # pylint: disable=import-outside-toplevel
@@ -118,6 +122,9 @@ def write_pyserini(index, model, out_dir: PathLike) -> dict:
           "faiss_ids": kind, "source_index_kind": index.kind,
           "source_index": str(index.path) if index.path is not None else None,
           "question_max_length": int(settings["question_max_length"])}
+  if inputs is not None:
+    from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+    info[provenance.INPUTS] = inputs
   with io.atomic_directory(out_dir) as tmp:
     faiss.write_index_binary(build_faiss_index(codes, numeric), str(tmp / INDEX_FILE))
     (tmp / DOCID_FILE).write_text(docids, encoding="utf-8")
@@ -129,47 +136,85 @@ def write_pyserini(index, model, out_dir: PathLike) -> dict:
   return info
 
 
-def export_pyserini(index_dir: PathLike, model_dir: PathLike, out_dir: PathLike) -> dict:
-  """Loads an index folder and an exported model and writes the Pyserini folder."""
+def pyserini_inputs(index_dir: PathLike, model_dir: PathLike) -> dict:
+  """What a Pyserini folder is made from: the index (its meta.json records every file's sha256)
+  and the exported model."""
+  from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+
+  return {"index": provenance.fingerprint_file(os.path.join(index_dir, "meta.json")),
+          "model": provenance.model_fingerprint(model_dir)}
+
+
+def export_pyserini(index_dir: PathLike, model_dir: PathLike, out_dir: PathLike, *,
+                    overwrite: bool = False, allow_mismatch: bool = False) -> tuple[dict, str]:
+  """Loads an index folder and an exported model and writes the Pyserini folder.
+
+  Returns (info, action): action is "reuse" when `out_dir` already holds the folder made from
+  the same index and model (nothing is written), else "create" or "overwrite". Raises
+  ProvenanceError when the index records another model (unless `allow_mismatch`) or when
+  `out_dir` holds a folder made from other inputs (unless `overwrite`).
+  """
+  from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
   from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
   from bpr_jax.index import BinaryIndex  # pylint: disable=import-outside-toplevel
 
   index = BinaryIndex.load(index_dir)
+  inputs = pyserini_inputs(index_dir, model_dir)
+  recorded_model = (index.meta.get(provenance.INPUTS) or {}).get("model")
+  provenance.check_belongs(f"index {index_dir} and model {model_dir}",
+                           {"model": recorded_model} if recorded_model else None,
+                           {"model": inputs["model"]}, allow=allow_mismatch)
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f"--output {out} exists and is not a folder")
+  recorded = None
+  if (out / INFO_FILE).is_file():
+    try:
+      recorded = io.read_json(out / INFO_FILE).get(provenance.INPUTS)
+    except (ValueError, AttributeError):
+      recorded = None
+  action = provenance.check_output(out, recorded, inputs, what="a Pyserini folder",
+                                   overwrite=overwrite)
+  if action == "reuse":
+    return io.read_json(out / INFO_FILE), action
   model = load_exported(model_dir)
-  return write_pyserini(index, model, out_dir)
+  return write_pyserini(index, model, out_dir, inputs=inputs), action
 
 
 # ---------------------------------------------------------------------------
 # Command.
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
 
   flags.DEFINE_string("index", None, "Index folder written by bpr_jax.index.")
-  flags.DEFINE_string("model", None, "Exported model dir (bpr_jax.export) the index was encoded with.")
+  flags.DEFINE_string("model", None, "Exported model (bpr_jax.export) the index was encoded with.")
   flags.DEFINE_string("output", None, "Folder to write for Pyserini's BinaryDenseSearcher.")
+  flags.DEFINE_boolean("overwrite", False, "Replace an --output made from another index or model.")
+  flags.DEFINE_boolean("allow_mismatch", False, "Use a model other than the one the index records.")
   flags.mark_flags_as_required(["index", "model", "output"])
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  from bpr_jax import cli, console  # pylint: disable=import-outside-toplevel
 
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
-  from bpr_jax import console  # pylint: disable=import-outside-toplevel
   console.quiet_libraries()
-  try:
-    info = export_pyserini(f.index, f.model, f.output)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  info, action = export_pyserini(f.index, f.model, f.output, overwrite=f.overwrite,
+                                 allow_mismatch=f.allow_mismatch)
+  if action == "reuse":
+    print(f"{f.output} already holds this Pyserini folder (same index and model); reusing it")
+    return
   print(f"wrote {info['num_passages']} passages x {info['code_bits']} bits (faiss ids: "
         f"{info['faiss_ids']}) and the question encoder for Pyserini to {f.output}")
 
 
 if __name__ == "__main__":
-  from absl import app as _app
+  from bpr_jax import cli
 
-  _define_flags()
-  _app.run(main)
+  cli.run(main, define_flags)
