@@ -1,4 +1,6 @@
-"""Evaluates retrieval: BPR two-stage search, its ablations and float baselines.
+"""Evaluates the product: BPR's two-stage search (``search.two_stage_search``, what
+``Retriever`` and the service run) and its ablations on a question set, beside the research
+baselines of ``bpr_jax.baselines``.
 
 Usage::
 
@@ -21,7 +23,7 @@ Rows (one JSON object each, also printed as a Markdown table):
   bpr-KIND                 two-stage search (KIND = flat | hash | multihash | ivf)
   bpr-KIND-no-rerank       stage 1 only (Hamming order)
   bpr-KIND-no-candidates   stage 2 over every passage
-  flat_ip, hnsw, lsh, pq   float baselines over the float32 passage embeddings
+  flat_ip, hnsw, lsh, pq   float baselines (bpr_jax.baselines) over the float32 passage embeddings
                            (``encode --save_float``): exact inner product
                            (IndexFlatIP), HNSW (IndexHNSWFlat, M=32,
                            efSearch=128), post-hoc LSH with the same number of
@@ -38,6 +40,12 @@ data, in the system's order; qrels recall on BEIR), ``ndcg@10`` and
 ``bytes_per_passage``, ``index_bytes``, ``ms_per_query`` (whole question set
 in one batch, search only) and ``ms_per_query_single`` (one question at a
 time, first ``--num_single`` questions).  Question encoding is not timed.
+
+This module holds the question loaders (``load_qa``, ``load_beir``), the scoring of retrieved
+rows (``Scorer``: answer recall on QA data, pytrec_eval metrics on BEIR), the BPR rows
+(``bpr_systems``: ``search.two_stage_search``, the function ``Retriever.search`` calls), timing
+(``time_system``, ``evaluate_systems``) and the command.  ``--baselines`` adds rows built by
+``bpr_jax.baselines.float_systems``.
 """
 from __future__ import annotations
 
@@ -51,14 +59,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from bpr_jax import metrics
+# float_systems is also reachable as evaluate.float_systems for existing callers.
+from bpr_jax.baselines import BASELINES, SIZED_BASELINES, float_systems  # noqa: F401
 from bpr_jax.index import BinaryIndex
 from bpr_jax.io import atomic_write_text, load_npy
 from bpr_jax.search import check_pieces, two_stage_search
-
-BASELINES = ("flat_ip", "hnsw", "lsh", "pq")
-SIZED_BASELINES = ("lsh", "pq")  # their code size follows the index's code bits (or baseline_bits)
-HNSW_M = 32
-HNSW_EF_SEARCH = 128
 
 # (q_emb [B, d], k) -> (scores [B, k] float32, rows [B, k] int64; -1 where missing)
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
@@ -207,91 +212,6 @@ def bpr_systems(index: BinaryIndex, l: int) -> list[System]:
       System(f"{base}-no-candidates", make(True, False), bpp, int(index.codes.nbytes + index.ids.nbytes),
              ids),
   ]
-
-
-def _faiss_bytes(index) -> int:
-  import faiss  # pylint: disable=import-outside-toplevel
-  return int(faiss.serialize_index(index).size)
-
-
-# faiss's k-means asks for this many training points per centroid (ClusteringParameters).
-PQ_MIN_POINTS_PER_CENTROID = 39
-
-
-def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
-                  ids: np.ndarray, log: Callable[[str], None] | None = print,
-                  ids_bytes: int | None = None) -> list[System]:
-  """Float baselines over passage embeddings [N, d]; ``ids[r]`` is the id of embedding row r.
-
-  ``ids_bytes`` (default ``ids.nbytes``) is what the ids add to each row's ``index_bytes``.
-  """
-  import faiss  # pylint: disable=import-outside-toplevel
-
-  emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-  n, d = emb.shape
-  ids = np.asarray(ids)
-  if ids.shape != (n,):
-    raise ValueError(f"{n} passage embeddings but {ids.shape[0] if ids.ndim else 0} ids")
-  ids_bytes = int(ids.nbytes) if ids_bytes is None else int(ids_bytes)
-  systems = []
-  for name in names:
-    if name not in BASELINES:
-      raise ValueError(f"unknown baseline {name!r}; expected some of {', '.join(BASELINES)}")
-    negate = False  # faiss returns distances (lower is better) for LSH
-    if name == "flat_ip":
-      index = faiss.IndexFlatIP(d)
-      bpp = 4.0 * d
-    elif name == "hnsw":
-      index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-      index.hnsw.efSearch = HNSW_EF_SEARCH
-      bpp = 4.0 * d
-    elif name == "lsh":
-      index = faiss.IndexLSH(d, code_bits, True, False)
-      index.train(emb)
-      negate = True
-      bpp = code_bits / 8
-    else:
-      m = code_bits // 8
-      if d % m:
-        raise ValueError(f"pq: dimension {d} is not divisible by M={m}")
-      nbits = 8 if n >= 256 else max(1, int(np.log2(max(n, 2))))
-      # inner-product ADC: the models score by <e_q, e_p>, so PQ must approximate that, not L2
-      index = faiss.IndexPQ(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
-      want = PQ_MIN_POINTS_PER_CENTROID * 2 ** nbits
-      if n < want:
-        # faiss would warn once per sub-quantiser (M times); one line says it all.
-        index.pq.cp.min_points_per_centroid = 1
-        if log is not None:
-          log(f"pq: trained on {n} passages, fewer than the {want} faiss asks for "
-              f"({PQ_MIN_POINTS_PER_CENTROID} per centroid, {2 ** nbits} centroids); "
-              "the PQ row is a weak baseline on this corpus")
-      index.train(emb)
-      bpp = m * nbits / 8
-      if nbits != 8:
-        name = f"pq{nbits}"
-    index.add(emb)
-    systems.append(System(name, _faiss_search(index, negate), bpp, _faiss_bytes(index) + ids_bytes, ids))
-  return systems
-
-
-def _faiss_search(index, negate: bool = False) -> SearchFn:
-  def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    import faiss  # pylint: disable=import-outside-toplevel
-    old = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = 1  # BLAS even for single questions
-    try:
-      dist, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
-    finally:
-      faiss.cvar.distance_compute_blas_threshold = old
-    rows = rows.astype(np.int64)
-    scores = (-dist if negate else dist).astype(np.float32)
-    scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
-    if rows.shape[1] < k:
-      pad = k - rows.shape[1]
-      rows = np.concatenate([rows, np.full((len(q), pad), -1, np.int64)], axis=1)
-      scores = np.concatenate([scores, np.full((len(q), pad), -np.inf, np.float32)], axis=1)
-    return scores, rows
-  return search
 
 
 def time_system(system: System, q_emb: np.ndarray, k: int,

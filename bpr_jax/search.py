@@ -1,4 +1,11 @@
-"""BPR two-stage retrieval over a binary passage index.
+"""BPR two-stage retrieval over a binary passage index, and ``Retriever``, its Python API.
+
+``Retriever`` (also ``from bpr_jax import Retriever``) is what a notebook, ``bpr_jax.serve`` and
+``bpr_jax.evaluate`` use::
+
+  r = Retriever.load(model=EXPORT, index=INDEX, passages=PASSAGES)
+  r.search(["who wrote hamlet?"], k=10)  # [[{"id", "title", "text", "score", "row"}, ...]]
+  r.encode_questions(texts), r.encode_passages(titles, texts), r.encode_codes(titles, texts)
 
 Stage 1 (candidate generation): the question's sign code is matched against
 the passage codes by Hamming distance with the faiss binary index, keeping the
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 from typing import Any, Sequence
 
 import jax
@@ -295,119 +303,247 @@ def check_pieces(index: BinaryIndex | dict[str, Any], *, model: dict[str, Any] |
                                   current, allow=allow_mismatch)
 
 
+def _check_questions(questions: Any) -> list[str]:
+  """``questions`` as a list of non-empty strings, or a one-line ValueError."""
+  if isinstance(questions, (str, bytes)):
+    raise ValueError("questions must be a list of strings, got a single string; "
+                     "pass [question] to search for one")
+  if isinstance(questions, np.ndarray):
+    questions = questions.tolist()
+  try:
+    questions = list(questions)
+  except TypeError:
+    raise ValueError(
+        f"questions must be a list of strings, got {type(questions).__name__}") from None
+  for i, q in enumerate(questions):
+    if not isinstance(q, str):
+      raise ValueError(f"question {i} is a {type(q).__name__}, not a string")
+    if not q.strip():
+      raise ValueError(f"question {i} is empty")
+  return questions
+
+
+def _check_k(k: Any) -> int:
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  return int(k)
+
+
+def _code_dim(settings: dict[str, Any]) -> int | None:
+  """The width of an exported model's embeddings (its code bits), from its settings."""
+  dim = settings.get("code_bits") or settings.get("hidden_size")
+  return int(dim) if dim is not None else None
+
+
 class Retriever:
-  """Encodes questions with an exported BPR model and searches a binary index.
+  """Questions in, passages out: an exported BPR model over a binary passage index.
+
+  Usage::
+
+    from bpr_jax import Retriever
+
+    r = Retriever.load(model="runs/nq/export", index="runs/nq/index",
+                       passages="data/psgs_w100.tsv")
+    hits = r.search(["who wrote hamlet?"], k=10)
+    hits[0][0]  # {"id": "...", "title": "...", "text": "...", "score": 87.3, "row": 1234}
+    q = r.encode_questions(["who wrote hamlet?"])         # float32 [1, d]
+    codes = r.encode_codes(["Hamlet"], ["Hamlet is ..."])  # uint8 [1, d/8], as encode writes
+
+  ``search`` is BPR's two-stage search (``two_stage_search``: Hamming top-``l`` candidates, then
+  ``<e_q, h_p>`` reranking); ``score`` is that inner product.  ``load`` checks that the model,
+  index and passage file belong together (the index's ``meta.json`` records the model and
+  passages its codes were made from) before the model loads; a mismatch is a
+  ``provenance.ProvenanceError`` unless ``allow_mismatch``.
+
+  The constructor takes pieces already in memory (tests, services):
 
   Args:
-    model: an ``bpr_jax.export.ExportedModel``.
+    model: an ``bpr_jax.export.ExportedModel`` (anything with ``encode_questions``).
     index: the binary passage index.
-    passages: optional passage file (DPR TSV / BEIR JSONL); when given, hits
-      also carry ``title`` and ``text``, read through
-      ``bpr_jax.passage_store.PassageStore`` (an on-disk offset index, so the
-      corpus is never held in memory).
+    passages: optional passage file (DPR TSV / BEIR JSONL); when given, hits also carry
+      ``title`` and ``text``, read through ``bpr_jax.passage_store.PassageStore`` (an on-disk
+      offset index, so the corpus is never held in memory).
     l: stage-1 candidates per question.
     rerank, candidates: the ablation switches of ``two_stage_search``.
     nprobe: ivf lists probed (default: the index's setting).
-    threads: faiss threads (``set_search_threads``; None reads
-      ``$BPR_SEARCH_THREADS``, 0 or unset keeps faiss's default).
-    model_dir: the exported model's folder (``from_paths`` passes it; default the model's
-      ``path`` attribute, if any): checked against the model the index's codes were made from.
+    threads: faiss threads (``set_search_threads``; None reads ``$BPR_SEARCH_THREADS``, 0 or
+      unset keeps faiss's default).
+    model_dir: the exported model's folder (default the model's ``path`` attribute, if any):
+      checked against the model the index's codes were made from.
     allow_mismatch: use a model, index and passage file that do not belong together
       (``check_pieces``); by default that is a ``ProvenanceError``.
-    passage_cache_dir: where ``PassageStore`` keeps the passage file's offset index
-      (default: ``PassageStore``'s own).
+    passage_cache_dir: where ``PassageStore`` keeps the passage file's offset index (default:
+      ``PassageStore``'s own).
+    passage_store: an open ``PassageStore`` to read hits' texts from, instead of ``passages``.
+    mismatched: the result of a ``check_pieces`` already made by the caller (``load``); None
+    checks here.
   """
 
   def __init__(self, model: Any, index: BinaryIndex, *, passages: str | os.PathLike | None = None,
                l: int = 1000, rerank: bool = True, candidates: bool = True,
                nprobe: int | None = None, threads: int | None = None,
                model_dir: str | os.PathLike | None = None, allow_mismatch: bool = False,
-               passage_cache_dir: str | os.PathLike | None = None):
+               passage_cache_dir: str | os.PathLike | None = None,
+               passage_store: Any = None, mismatched: Sequence[str] | None = None):
     from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
 
     self.model = model
+    self.exported = model  # the export itself; a service may wrap ``model`` for padding
     self.index = index
     self.l = int(l)
     if self.l < 1:
       raise ValueError(f"l must be >= 1, got {l}")
-    settings = getattr(model, "settings", None) or {}
-    dim = settings.get("code_bits") or settings.get("hidden_size")
-    if dim is not None and int(dim) != index.code_bits:
+    dim = _code_dim(getattr(model, "settings", None) or {})
+    if dim is not None and dim != index.code_bits:
       raise ValueError(
           f"model produces {dim}-dim question embeddings but the index has "
           f"{index.code_bits}-bit codes; they were not built together")
-    model_dir = model_dir if model_dir is not None else getattr(model, "path", None)
-    self.mismatched = check_pieces(
-        index,
-        model=provenance.model_fingerprint(model_dir) if model_dir is not None else None,
-        passages=provenance.fingerprint_passages(passages) if passages is not None else None,
-        allow_mismatch=allow_mismatch)
+    if passages is not None and passage_store is not None:
+      raise ValueError("give passages or passage_store, not both")
+    if mismatched is None:
+      model_dir = model_dir if model_dir is not None else getattr(model, "path", None)
+      mismatched = check_pieces(
+          index,
+          model=provenance.model_fingerprint(model_dir) if model_dir is not None else None,
+          passages=provenance.fingerprint_passages(passages) if passages is not None else None,
+          allow_mismatch=allow_mismatch)
+    self.mismatched = sorted(mismatched)
     if nprobe is not None:
       index.nprobe = nprobe
     self.threads = set_search_threads(threads)
     self.rerank = rerank
     self.candidates = candidates
-    self.passage_store = None
+    self.passage_store = passage_store
     if passages is not None:
       from bpr_jax.passage_store import PassageStore  # pylint: disable=import-outside-toplevel
       self.passage_store = PassageStore(passages, cache_dir=passage_cache_dir)
-      if len(self.passage_store) != index.ntotal:
-        raise ValueError(
-            f"passage file {passages} has {len(self.passage_store)} passages but the index "
-            f"has {index.ntotal}")
+    if self.passage_store is not None and len(self.passage_store) != index.ntotal:
+      raise ValueError(
+          f"passage file {getattr(self.passage_store, 'path', passages)} has "
+          f"{len(self.passage_store)} passages but the index has {index.ntotal}")
+
+  @classmethod
+  def load(cls, model: str | os.PathLike, index: str | os.PathLike,
+           passages: str | os.PathLike | None = None, *, l: int = 1000,
+           allow_mismatch: bool = False, passage_cache_dir: str | os.PathLike | None = None,
+           dtype: Any = jnp.float32, **kwargs) -> "Retriever":
+    """Loads an exported model (``bpr_jax.export``), an index folder (``bpr_jax.index``) and,
+    optionally, the passage file the index was encoded from.
+
+    Everything that can be checked is checked before the model loads: the model folder's
+    settings, that the pieces belong together (``check_pieces``; ``allow_mismatch`` lets a
+    mismatch through, recorded in ``.mismatched``), that the model's embeddings match the index's
+    code bits, and that the passage file has as many passages as the index.  ``dtype`` is the
+    encoders' compute dtype (``export.load_exported``); other keyword arguments go to the
+    constructor (``rerank``, ``candidates``, ``nprobe``, ``threads``).
+    """
+    from bpr_jax import export, provenance  # pylint: disable=import-outside-toplevel
+
+    model_dir = pathlib.Path(model)
+    if not model_dir.is_dir():
+      raise FileNotFoundError(f"model {model}: no such folder (give an exported model, "
+                              "bpr_jax.export)")
+    settings = export.read_settings(model_dir)
+    index_obj = BinaryIndex.load(index)
+    if passages is not None and not str(passages).startswith("tfds:"):
+      if not pathlib.Path(passages).is_file():
+        raise FileNotFoundError(f"passages {passages}: no such file")
+    mismatched = check_pieces(
+        index_obj, model=provenance.model_fingerprint(model_dir),
+        passages=provenance.fingerprint_passages(passages) if passages is not None else None,
+        allow_mismatch=allow_mismatch, index_path=index)
+    dim = _code_dim(settings)
+    if dim is not None and dim != index_obj.code_bits:
+      raise ValueError(f"model {model} gives {dim}-dim embeddings but index {index} has "
+                       f"{index_obj.code_bits}-bit codes; they were not built together")
+    store = None
+    if passages is not None:
+      from bpr_jax.passage_store import PassageStore  # pylint: disable=import-outside-toplevel
+      store = PassageStore(passages, cache_dir=passage_cache_dir)
+      if len(store) != index_obj.ntotal:
+        raise ValueError(f"passage file {passages} has {len(store)} passages but index {index} "
+                         f"has {index_obj.ntotal}; give the passage file the index was built from")
+    return cls(export.load_exported(model_dir, dtype=dtype), index_obj, passage_store=store,
+               l=l, mismatched=mismatched, **kwargs)
 
   @classmethod
   def from_paths(cls, model_dir: str | os.PathLike, index_dir: str | os.PathLike,
                  passages: str | os.PathLike | None = None, *, allow_mismatch: bool = False,
                  **kwargs) -> "Retriever":
-    """Loads an exported model and an index folder.
+    """``load`` under its older name (the same checks, in the same order)."""
+    return cls.load(model_dir, index_dir, passages, allow_mismatch=allow_mismatch, **kwargs)
 
-    The pieces are checked to belong together (``check_pieces``) before the model loads.
-    """
-    from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
-    from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
-
-    index = BinaryIndex.load(index_dir)
-    mismatched = check_pieces(
-        index, model=provenance.model_fingerprint(model_dir),
-        passages=provenance.fingerprint_passages(passages) if passages is not None else None,
-        allow_mismatch=allow_mismatch)
-    # The model is checked above (its fingerprint is computed once); __init__ checks passages.
-    retriever = cls(load_exported(model_dir), index, passages=passages,
-                    allow_mismatch=allow_mismatch, **kwargs)
-    retriever.mismatched = sorted(set(mismatched) | set(retriever.mismatched))
-    return retriever
-
-  def encode(self, questions: Sequence[str]) -> np.ndarray:
-    """Question embeddings float32 [B, d], checked against the index."""
-    for i, q in enumerate(questions):
-      if not isinstance(q, str) or not q.strip():
-        raise ValueError(f"question {i} is empty")
-    emb = np.asarray(self.model.encode_questions(list(questions)), dtype=np.float32)
+  def encode_questions(self, questions: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Question embeddings float32 [B, d] (``e_q``), checked against the index."""
+    questions = _check_questions(questions)
+    # The default batch size is not passed: a wrapped or stand-in model need not take it.
+    raw = (self.model.encode_questions(questions) if batch_size == 64
+           else self.model.encode_questions(questions, batch_size=batch_size))
+    emb = np.asarray(raw, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(questions):
       raise ValueError(f"model returned embeddings of shape {emb.shape} for {len(questions)} questions")
     return emb
 
-  def search(self, questions: list[str], k: int) -> list[list[dict[str, Any]]]:
-    """Top-k passages per question: ``[{"id", "score", "row"}, ...]`` best first.
+  def encode(self, questions: Sequence[str]) -> np.ndarray:
+    """``encode_questions`` under its older name."""
+    return self.encode_questions(questions)
 
-    With ``passages`` set, each hit also has ``title`` and ``text``.
+  def encode_passages(self, titles: Sequence[str], texts: Sequence[str],
+                      batch_size: int = 64) -> np.ndarray:
+    """Passage embeddings float32 [N, d] (``e_p``, before the sign) from the export's passage
+    encoder."""
+    titles, texts = list(titles), list(texts)
+    if len(titles) != len(texts):
+      raise ValueError(f"{len(titles)} titles but {len(texts)} texts")
+    for name, values in (("title", titles), ("text", texts)):
+      for i, v in enumerate(values):
+        if not isinstance(v, str):
+          raise ValueError(f"passage {i}: {name} is a {type(v).__name__}, not a string")
+    if not texts:
+      return np.zeros((0, self.index.code_bits), np.float32)
+    return np.asarray(self.exported.encode_passages(titles, texts, batch_size=batch_size),
+                      dtype=np.float32)
+
+  def encode_codes(self, titles: Sequence[str], texts: Sequence[str],
+                   batch_size: int = 64) -> np.ndarray:
+    """Packed passage codes uint8 [N, d/8] (``bpr_jax.codes`` layout, as ``bpr_jax.encode``
+    writes them): the signs of ``encode_passages``."""
+    emb = self.encode_passages(titles, texts, batch_size=batch_size)
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if bad.size:
+      raise ValueError(f"passage {int(bad[0])}: the model gave a NaN or inf embedding")
+    return pack_codes(emb)
+
+  def search(self, questions: Sequence[str], k: int = 10) -> list[list[dict[str, Any]]]:
+    """Top-k passages per question, best first: ``[[{"id", "title", "text", "score", "row"},
+    ...], ...]``.
+
+    ``title`` and ``text`` are there when the retriever has passages; ``score`` is
+    ``<e_q, h_p>``; ``row`` is the passage's row in the index.  Fewer than k hits when the index
+    (or, for a hash index, the probed buckets) holds fewer.  ``questions`` is a list of strings
+    (a single string is refused: pass ``[question]``); ``k`` >= 1.
     """
+    questions = _check_questions(questions)
+    k = _check_k(k)
     if not questions:
       return []
-    emb = self.encode(questions)
+    emb = self.encode_questions(questions)
     scores, rows = two_stage_search(emb, self.index, k=k, l=self.l, rerank=self.rerank,
                                     candidates=self.candidates)
     results: list[list[dict[str, Any]]] = []
     for srow, rrow in zip(scores.tolist(), rows.tolist()):
-      hits = [{"id": str(self.index.ids[r]), "score": float(s), "row": int(r)}
-              for s, r in zip(srow, rrow) if r >= 0]
-      results.append(hits)
+      results.append([{"id": str(self.index.ids[r]), "score": float(s), "row": int(r)}
+                      for s, r in zip(srow, rrow) if r >= 0])
     if self.passage_store is not None:
       flat = [h for hits in results for h in hits]
       texts = self.passage_store.get([h["id"] for h in flat], rows=[h["row"] for h in flat],
                                      default=("", ""))
-      for h, (title, text) in zip(flat, texts):
-        h["title"] = title
-        h["text"] = text
+      it = iter(texts)
+      for hits in results:
+        for j, h in enumerate(hits):
+          title, text = next(it)
+          hits[j] = {"id": h["id"], "title": title, "text": text, "score": h["score"],
+                     "row": h["row"]}
     return results

@@ -143,6 +143,50 @@ def test_beir_rows_match_brute_force(separated):
   want = -np.sort(-rr_scores, axis=1)[:, :20]
   assert_same_ranking_up_to_ties(bpr_rows, want, lambda i, r: rr_scores[i, r])
   np.testing.assert_allclose(bpr_scores, want, rtol=0, atol=1e-4)
+  # The bpr rows' metrics from that numpy brute force (no ties among Gaussian float scores),
+  # computed by hand (not through pytrec_eval / the evaluation's scorer).
+  assert (np.diff(-np.sort(-rr_scores, axis=1)[:, :21], axis=1) < -1e-4).all()  # top 21 apart
+  top_bpr = np.argsort(-rr_scores, axis=1, kind="stable")[:, :20]
+  by_hand = _beir_metrics_by_hand(questions, [[str(index.ids[r]) for r in rr] for rr in top_bpr])
+  for name in ("bpr-flat", "bpr-flat-no-candidates"):
+    for key, value in by_hand.items():
+      assert by[name][key] == pytest.approx(value, abs=1e-9), (name, key)
+  # no-rerank: the Hamming order, where ties are many; its rows must be a Hamming top 20 by numpy
+  # (<sign q, sign p> = bits - 2 Hamming), and its metrics those of that list, by hand.
+  ham_scores = np.where(q >= 0, 1.0, -1.0) @ signs.T
+  nr_scores, nr_rows = two_stage_search(q, index, k=20, l=n, rerank=False)
+  np.testing.assert_array_equal(nr_scores, np.take_along_axis(ham_scores, nr_rows, 1))
+  np.testing.assert_array_equal(nr_scores, -np.sort(-ham_scores, axis=1)[:, :20])
+  nr_hand = _beir_metrics_by_hand(questions, [[str(index.ids[r]) for r in rr] for rr in nr_rows],
+                                  scores=nr_scores)
+  for key, value in nr_hand.items():
+    assert by["bpr-flat-no-rerank"][key] == pytest.approx(value, abs=1e-9), key
+  assert by_hand["ndcg@10"] != pytest.approx(nr_hand["ndcg@10"])  # the rerank changes the metrics
+
+
+def _beir_metrics_by_hand(questions, ranked_ids, scores=None):
+  """recall@1/5/20, ndcg@10 and mrr@10 of ranked passage ids per question, as trec_eval computes them
+  (binary grades here; with `scores`, equal scores order by document id, descending)."""
+  import math
+  out = {"recall@1": [], "recall@5": [], "recall@20": [], "ndcg@10": [], "mrr@10": []}
+  for i, qid in enumerate(questions.qids):
+    ids = list(ranked_ids[i])
+    if scores is not None:
+      ids = [d for _, d in sorted(zip(scores[i].tolist(), ids), key=lambda t: (-t[0], _neg_str(t[1])))]
+    rel = {d for d, g in questions.qrels[qid].items() if g > 0}
+    for k in (1, 5, 20):
+      out[f"recall@{k}"].append(len(rel & set(ids[:k])) / len(rel))
+    dcg = sum(1 / math.log2(r + 2) for r, d in enumerate(ids[:10]) if d in rel)
+    idcg = sum(1 / math.log2(r + 2) for r in range(min(len(rel), 10)))
+    out["ndcg@10"].append(dcg / idcg)
+    first = next((r for r, d in enumerate(ids[:10]) if d in rel), None)
+    out["mrr@10"].append(0.0 if first is None else 1 / (first + 1))
+  return {key: float(np.mean(v)) for key, v in out.items()}
+
+
+def _neg_str(s):
+  """Sort key that orders strings descending inside an ascending sort."""
+  return [-ord(c) for c in s] + [0]
 
 
 def test_scorer_breaks_ties_as_trec_eval():
@@ -227,15 +271,6 @@ def test_float_baselines_on_ivf_need_embedding_ids(qa_corpus, tmp_path):
   with pytest.raises(ValueError, match="embedding_ids"):
     ev.run_evaluation(model, index, questions, ks=[1], passages=root / "psgs.tsv",
                       baselines=["flat_ip"], embeddings=emb, log=None)
-
-
-def test_pq_on_a_small_corpus_says_so_once(qa_corpus, capfd):
-  root, ids, emb, model, questions = qa_corpus
-  lines = []
-  ev.float_systems(emb, 64, ["pq"], np.array(ids), log=lines.append)
-  err = capfd.readouterr()
-  assert "please provide at least" not in err.err + err.out
-  assert len(lines) == 1 and "pq: trained on 600 passages" in lines[0]
 
 
 def test_qa_mode_and_errors(setup, tmp_path):
