@@ -1,5 +1,7 @@
 """The whole chain from the README's commands: train (tiny) -> export -> encode -> index ->
 evaluate -> serve, each as its own process, on the built-in tiny data."""
+import csv
+import hashlib
 import json
 import os
 import pathlib
@@ -9,6 +11,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -60,17 +63,35 @@ def test_chain_outputs(chain):
   export, codes, index = chain["export"], chain["codes"], chain["index"]
   assert json.loads((export / "bpr.json").read_text())["code_bits"] == 64
   manifest = json.loads((codes / "manifest.json").read_text())
-  assert manifest["count"] if "count" in manifest else manifest
+  # Oracles: the passage file itself, hashlib over the written files, numpy's sign of the saved floats.
+  with open(chain["passages"], newline="") as f:
+    tsv_ids = [row[0] for row in csv.reader(f, delimiter="\t")][1:]  # header: id, text, title
+  assert len(tsv_ids) == 400
+  assert manifest["num_passages"] == len(tsv_ids) and manifest["code_bits"] == 64
+  for name in ("codes.npy", "ids.npy", "embeddings.npy"):
+    data = (codes / name).read_bytes()
+    record = manifest["files"][name]
+    assert (record["sha256"], record["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data)), name
+  packed, emb = np.load(codes / "codes.npy"), np.load(codes / "embeddings.npy")
+  assert packed.dtype == np.uint8 and packed.shape == (400, 8) and emb.shape == (400, 64)
+  np.testing.assert_array_equal(packed, np.packbits(emb >= 0, axis=1))  # sign(0) = +1, first bit high
+  assert sorted(str(i) for i in np.load(codes / "ids.npy").tolist()) == sorted(tsv_ids)
   assert (index / "index.faiss").is_file() and (index / "codes.npy").is_file()
+  np.testing.assert_array_equal(np.load(index / "codes.npy"), packed)  # flat index: rows in encode order
 
 
 def test_chain_evaluation_rows(chain):
-  rows = {row["name"]: row for row in chain["results"]}
+  results = chain["results"]  # {"inputs", "rows"} (provenance-recording evaluate) or the bare row list
+  rows = {row["name"]: row for row in (results["rows"] if isinstance(results, dict) else results)}
   assert rows, chain["results"]
   two_stage = next(row for name, row in rows.items() if name.endswith("flat") and "no-" not in name)
   for key in ("recall@1", "recall@5", "recall@20", "bytes_per_passage", "index_bytes", "ms_per_query"):
     assert key in two_stage, (key, two_stage)
-  assert two_stage["bytes_per_passage"] == pytest.approx(8, abs=8.5)  # 64 bits = 8 bytes (+ id)
+  assert two_stage["bytes_per_passage"] == 8  # 64-bit codes: 8 bytes per passage
+  # the index's memory: the faiss file (400 codes of 8 bytes + header) plus the ids array
+  faiss_bytes = (chain["index"] / "index.faiss").stat().st_size
+  assert 400 * 8 <= faiss_bytes <= 400 * 8 + 1024
+  assert two_stage["index_bytes"] == faiss_bytes + np.load(chain["index"] / "ids.npy").nbytes
   chance = chance_recall(chain["qas"], 400, 20)
   assert two_stage["recall@20"] > 2 * chance, (two_stage, chance)
 

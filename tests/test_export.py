@@ -1,4 +1,5 @@
 """save_exported / load_exported / import_dpr with tiny random encoders."""
+import contextlib
 import json
 import pathlib
 import shutil
@@ -206,8 +207,42 @@ def test_warmup_compiles_every_serving_shape(tmp_path):
   export.save_exported(model, model, Tokenizer.from_dir(vocab), settings, tmp_path / "e")
   exported = export.load_exported(tmp_path / "e")
   assert MIN_BUCKET == 16
+  # Oracle: XLA's own compile events (jax.monitoring), not the function's count.
+  with _count_compiles() as warm:
+    shapes = exported.warmup_questions(5)
   # rows 1, 2, 4, 8 (max 5 -> 8) x lengths 16, 32, 64
-  assert exported.warmup_questions(5) == 12
+  # one compile of the model per shape (JAX may add a host-to-device "stage" per shape too)
+  assert shapes == 12 and warm.count("jit(encode)") == 12, warm
+  with _count_compiles() as warm_again:
+    exported.warmup_questions(5)
+  assert warm_again == []  # the shapes are in the jit cache
+  # Serving after warm-up never compiles: 1..5 questions, token lengths in every bucket
+  # (3, 16, 17, 33, 64 and truncated past question_max_length).
+  with _count_compiles() as serving:
+    for n in range(1, 6):
+      for words in (1, 14, 15, 31, 62, 100):
+        out = exported.encode_questions([" ".join(["a", "b"][i % 2] for i in range(words))] * n)
+        assert out.shape == (n, 16)
+  assert serving == [], serving
+  with _count_compiles() as bigger:  # a 9-question batch is a new row count: the oracle sees it
+    exported.encode_questions(["a"] * 9)
+  assert bigger.count("jit(encode)") == 1, bigger
+
+
+@contextlib.contextmanager
+def _count_compiles():
+  """Collects one entry per XLA backend compilation (jax.monitoring) inside the block."""
+  from jax import monitoring
+  events = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(kwargs.get("fun_name", event))
+  monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield events
+  finally:
+    monitoring.unregister_event_duration_listener(listener)
 
 
 # ----------------------------------------------------------------------------
