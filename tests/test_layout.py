@@ -57,3 +57,21 @@ def test_the_check_sees_each_kind_of_import(tmp_path):
   assert "benchmarks" not in imported(tmp_path / "m.py")  # a path in a package module's text is no import
   (tmp_path / "m.py").write_text("from bpr_jax import benchmarks_util\nx = 'see the benchmarks: benchmarks.md'\n")
   assert "benchmarks" not in imported(tmp_path / "m.py", paths=True)
+
+
+def test_readme_is_for_users_and_its_table_names_real_files():
+  """The README stays a user's page (<= 15,000 bytes; measurements live in benchmarks/README.md),
+  and every file its "Where it lives" table names exists (paths from the repository root or, as
+  the table abbreviates them, from bpr_jax/)."""
+  readme = REPO / "README.md"
+  assert readme.stat().st_size <= 15_000
+  text = readme.read_text(encoding="utf-8")
+  table = text[text.index("## Where it lives"):]
+  named = []
+  for line in table.splitlines():
+    if line.startswith("| ") and not line.startswith("| piece"):
+      named += re.findall(r"`([^`]+)`", line.rstrip(" |").rsplit("|", 1)[-1])
+  assert len(named) >= 25
+  for name in named:
+    assert (REPO / name).exists() or (REPO / "bpr_jax" / name).exists(), f"README names {name}"
+  assert (REPO / "benchmarks" / "README.md").is_file()
