@@ -74,10 +74,10 @@ def test_encode_matches_model_and_resumes(tiny, tmp_path):
   ref = model.encode_passages([p.title for p in ps], [p.text for p in ps], batch_size=8)
   np.testing.assert_allclose(emb, ref, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(codes, pack_codes(emb))
-  # Rerun is a no-op; a different run in the same folder is refused.
+  # Rerun is a no-op; a run of other inputs (here save_float) in the same folder is refused.
   assert enc.encode_corpus(model, corpus, out, model_path=model_dir, batch_size=4, chunk_size=10,
                            save_float=True, progress=False)["files"] == m["files"]
-  with pytest.raises(ValueError, match="different run"):
+  with pytest.raises(ValueError, match="other inputs .*settings"):
     enc.encode_corpus(model, corpus, out, model_path=model_dir, chunk_size=7, progress=False)
 
 

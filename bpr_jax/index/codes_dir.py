@@ -4,6 +4,8 @@
 output folder ``C`` (``C`` itself for one shard, ``C/shard_{s:05d}`` for
 shard s of many, see ``shard_dir``)::
 
+  chunks/run.json              the inputs and chunk size the chunks belong to
+                               (chunks of other inputs are discarded, never resumed)
   chunks/chunk_00000.npz ...   codes, ids (+ embeddings) per chunk, each
                                written atomically; a rerun keeps the chunks
                                that load with the right number of rows
@@ -14,8 +16,10 @@ shard s of many, see ``shard_dir``)::
   embeddings.npy               float32 [N, d], when float embeddings are kept
   manifest.json                format ``bpr-codes-v1``, counts, dims,
                                code_bits, ``{"sha256", "bytes"}`` of each file,
-                               shard index and count; written last, so it
-                               marks a finished shard
+                               shard index and count, and ``"inputs"`` (the
+                               model's and the passages' fingerprints and the
+                               settings, ``bpr_jax.provenance``); written last,
+                               so it marks a finished shard
 
 ``merge_chunks`` streams the chunks into the three arrays; ``write_manifest``
 finishes a shard.  ``load_codes_dir`` checks and unions the shards of ``C``
