@@ -16,9 +16,20 @@ Supported formats, with the rules of `bpr_jax.data.passages` (the reader
   * BEIR JSONL (`corpus.jsonl`): one object per line with `_id` (or `id`),
     `title` and `text` (`parse_corpus_line`).
 
-The cache is a folder whose name embeds the corpus file's size and mtime, so
-any change to the file invalidates it; it is built in a temporary folder and
-renamed into place, so readers never see a half-written index.
+The offset index is kept in a cache folder, never beside the corpus file:
+`cache_dir`, else `$BPR_CACHE_DIR/passages`, else `~/.cache/bpr_jax/passages`
+(`default_cache_dir`).  Its name is the file's name plus a hash of its absolute
+path (two files of the same name do not collide) and the file's size and mtime
+(any change to the file makes a new one; the old one is removed).  It is built in
+a temporary folder and renamed into place, so readers never see a half-written
+index, and a failed build leaves nothing behind.
+
+Ids must be unique: a duplicate is a `PassageFormatError` naming the file, the id
+and both line numbers.
+
+  store = PassageStore("corpus.jsonl")
+  store.get(["doc1"])                  # [(title, text)]
+  store.get(ids, rows=rows_hint, default=("", ""))
 """
 from __future__ import annotations
 
@@ -96,9 +107,8 @@ class PassageStore:
 
   Args:
     path: the corpus file.
-    cache_dir: where the offset index is kept; by default a folder beside the
-      corpus file, or `$XDG_CACHE_HOME/bpr_jax/passage_index` when that folder
-      is not writable.
+    cache_dir: where the offset index is kept (default: `default_cache_dir()`,
+      `$BPR_CACHE_DIR/passages` or `~/.cache/bpr_jax/passages`).
   """
 
   def __init__(self, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None):
@@ -106,7 +116,7 @@ class PassageStore:
     if not self.path.is_file():
       raise FileNotFoundError(f"passage file not found: {self.path}")
     self.kind = _detect_kind(self.path)
-    self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else _default_cache_dir(self.path)
+    self.cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     self.built = False  # True when this instance had to (re)build the index.
     self.index_dir = self._load_or_build()
     meta = json.loads((self.index_dir / _META).read_text())
@@ -257,11 +267,18 @@ class PassageStore:
     return final
 
 
-def _default_cache_dir(path: pathlib.Path) -> pathlib.Path:
-  if os.access(path.parent, os.W_OK):
-    return path.parent
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return pathlib.Path(base) / "bpr_jax" / "passage_index"
+CACHE_ENV = "BPR_CACHE_DIR"
+
+
+def cache_root() -> pathlib.Path:
+  """bpr_jax's cache folder: `$BPR_CACHE_DIR`, else `~/.cache/bpr_jax`."""
+  raw = os.environ.get(CACHE_ENV, "").strip()
+  return pathlib.Path(raw).expanduser() if raw else pathlib.Path.home() / ".cache" / "bpr_jax"
+
+
+def default_cache_dir() -> pathlib.Path:
+  """Where offset indexes are kept by default: `cache_root() / "passages"`."""
+  return cache_root() / "passages"
 
 
 def _valid_index(folder: pathlib.Path, st: os.stat_result) -> bool:
@@ -302,6 +319,7 @@ def _build_index(path: pathlib.Path, kind: str, out: pathlib.Path, st: os.stat_r
   """Scans `path` once and writes offsets/ids/order/meta into `out`."""
   logger.info("Building passage offset index for %s", path)
   starts = array.array("q")  # Compact while scanning tens of millions of lines.
+  linenos = array.array("q")  # Line of each record, for error messages.
   ids: list[bytes] = []
   layout = _Layout(kind)
   first = True
@@ -324,6 +342,7 @@ def _build_index(path: pathlib.Path, kind: str, out: pathlib.Path, st: os.stat_r
           continue
       ids.append(_record_id(body, layout, path, lineno))
       starts.append(start)
+      linenos.append(lineno)
       end = offset
   starts.append(end)
   offsets = np.frombuffer(starts, dtype=np.int64).copy()
@@ -337,9 +356,11 @@ def _build_index(path: pathlib.Path, kind: str, out: pathlib.Path, st: os.stat_r
     sorted_ids = id_arr[order]
     dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
     if dup.size:
+      first, second = sorted((int(order[dup[0]]), int(order[dup[0] + 1])))
+      more = f" ({dup.size} duplicates in all)" if dup.size > 1 else ""
       raise PassageFormatError(
-          f"{path}: duplicate passage id {sorted_ids[dup[0]].decode('utf-8', 'replace')!r} "
-          f"({dup.size} duplicates)")
+          f"{path}: duplicate passage id {sorted_ids[dup[0]].decode('utf-8', 'replace')!r} on "
+          f"lines {linenos[first]} and {linenos[second]}{more}; passage ids must be unique")
     del sorted_ids
   np.save(out / _OFFSETS, offsets)
   np.save(out / _IDS, id_arr)

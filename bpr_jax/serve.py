@@ -1,34 +1,45 @@
-"""HTTP search service for a trained BPR model and binary passage index.
+"""HTTP search service for an exported BPR model, its binary passage index and passage file.
 
-Size (~540 lines, over the house's ~400): the whole request path (parsing, micro-batching,
-the app, warm-up of every shape, the command) reads in one place; the fake backend for load
-tests lives in benchmarks/fake_serve.py.
+Usage:
+  python -m bpr_jax.serve --model=EXPORT_DIR --index=INDEX_DIR --passages=PASSAGES \\
+      [--host=127.0.0.1 --port=8000] [--compilation_cache_dir=DIR] [--allow_mismatch]
 
-Run:
-  python -m bpr_jax.serve --model=EXPORTED_MODEL_DIR --index=INDEX_DIR \
-      --passages=psgs_w100.tsv --host=127.0.0.1 --port=8000
+PASSAGES is the DPR TSV or BEIR corpus.jsonl the index was encoded from.
+
+Start-up, in this order, so that a mistake is one line (`error: ...`, exit 2) within seconds:
+  1. the port is bound (`error: port 8000 on 127.0.0.1 is in use`);
+  2. the model, index and passage file must exist and belong together (the index's meta.json
+     records the model and passages its codes were made from; `--allow_mismatch` serves
+     them anyway);
+  3. the passage file's offset index is read or built (`bpr_jax.passage_store`, kept under
+     `--passage_cache_dir`, default `$BPR_CACHE_DIR/passages` or `~/.cache/bpr_jax/passages`;
+     duplicate ids are refused) and its passage count must equal the index's;
+  4. the model and index load and the service answers at once, while a background thread
+     compiles every shape a request can meet (the warm-up).
+
+During the warm-up GET /health answers 503 with Retry-After and
+`{"status": "warming_up", "compiled": i, "shapes": n, ...}` (a readiness probe waits), then
+200 `{"status": "ok", ...}`.  A POST /search sent during the warm-up waits for it to end (at
+most `--warmup_wait_s`, then 503 with Retry-After), so every answer is as fast as later ones.
+
+Compiled shapes go to JAX's persistent compilation cache (`--compilation_cache_dir`, default
+`$BPR_CACHE_DIR/jax` or `~/.cache/bpr_jax/jax`; empty turns it off), so a restart loads them
+instead of compiling.  The shapes are few: the question encoder sees batches of 1, 4, 16 or 64
+rows (a batch is padded by repeating its last question; `question_batch_sizes`) times its
+length buckets, and the search's batch sizes times k buckets 32, 256 and `--max_k`
+(`k_buckets`; results are cut back to each request's k).
 
 API:
   POST /search  {"questions": ["..."], "k": 20}
                 -> {"results": [[{"id", "title", "text", "score"}, ...], ...]}
-  GET  /health  -> {"status": "ok", "passages": N, ...}
-  GET  /        a small search page (bpr_jax/static/index.html); `/?q=...`
-                runs that query on load.
+  GET  /health  -> {"status": "ok" | "warming_up" | "warmup_failed", "passages": N, ...}
+  GET  /        a small search page (bpr_jax/static/index.html); `/?q=...` runs that query.
 
-Concurrent requests are merged by an asyncio micro-batcher: requests queue up,
-a single worker takes up to `max_batch` questions (or what arrived within
-`max_wait_ms` of the first), runs one `retriever.search` call plus the passage
-lookups in a worker thread, and resolves each request's future with its slice.
-
-`create_app` accepts any retriever object with
-`search(questions: list[str], k: int) -> list[list[{"id", "score", "row"?}]]`
-and any passage store with `get(ids, rows=..., default=...)` and `len()`, so
-tests inject fakes (benchmarks/fake_serve.py) and production injects
-`bpr_jax.search.Retriever` and `bpr_jax.passage_store.PassageStore`.
-
-Start-up compiles every shape a request can meet (`warmup`: the question
-encoder, and the search for each batch-size and k bucket), so the first
-requests are as fast as later ones.
+Library use: `create_app(retriever, passage_store, warmup=...)` serves any retriever with
+`search(questions, k) -> [[{"id", "score", "row"?}, ...], ...]` and any passage store with
+`get(ids, rows=..., default=...)` and `len()` (tests/fake_serve.py has fakes).  Concurrent
+requests are merged by `MicroBatcher`: up to `max_batch` questions (or what arrived within
+`max_wait_ms` of the first) go to one `search` call in a worker thread.
 """
 from __future__ import annotations
 
@@ -36,10 +47,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import math
 import os
 import pathlib
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,11 +62,12 @@ from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("bpr_jax.serve")  # also when run as __main__
 
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 
 Hit = dict[str, Any]
+Progress = Callable[[int, int], None]
 
 
 class SearchBackend(Protocol):
@@ -311,17 +326,25 @@ def _rss_bytes() -> int | None:
     return None
 
 
-# A batch searches with its k rounded up to one of a few buckets (16, 32, ..., and max_k) and
-# cuts each request's results back to its own k: the rerank is compiled per k, so this keeps
-# the shapes few enough for `warmup` to compile them all at start-up.
-MIN_K_BUCKET = 16
+# ----------------------------------------------------------------------------- shapes
+# Every jitted shape is compiled once (at warm-up, or loaded from the persistent cache), so a
+# request's sizes are rounded up to a few buckets:
+#   * k: 32, 256, ..., max_k (x8 steps); a batch searches with its k bucket and each request's
+#     results are cut back to its own k (the first k of a top-k' list are the top k);
+#   * question-encoder rows: 1, 4, 16, 64 (x4 steps, at most ENCODER_BATCH); a batch is padded
+#     by repeating its last question, whose result is dropped (rows are encoded independently);
+#   * search batch sizes: the powers of two of `bpr_jax.search.rerank_candidates`' blocks.
+MIN_K_BUCKET = 32
+K_BUCKET_STEP = 8
+ENCODER_BATCH = 64  # `ExportedModel.encode_questions`' default chunk of rows
+ROW_BUCKET_STEP = 4
 
 
 def k_bucket(k: int, max_k: int) -> int:
-  """The k a batch asking for `k` searches with (>= k, a power of two >= 16, at most max_k)."""
+  """The k a batch asking for `k` searches with (>= k; 32, 256, ... at most max_k)."""
   b = MIN_K_BUCKET
   while b < k:
-    b *= 2
+    b *= K_BUCKET_STEP
   return max(k, min(b, max_k))
 
 
@@ -330,13 +353,14 @@ def k_buckets(max_k: int) -> list[int]:
   out, b = set(), MIN_K_BUCKET
   while b < max_k:
     out.add(b)
-    b *= 2
+    b *= K_BUCKET_STEP
   out.add(max_k)
   return sorted(out)
 
 
 def batch_sizes(max_batch: int) -> list[int]:
-  """Batch sizes whose shapes cover every batch of 1..max_batch questions (powers of two, max_batch)."""
+  """Batch sizes whose search shapes cover every batch of 1..max_batch questions (powers of
+  two, and max_batch)."""
   out, b = {max_batch}, 1
   while b < max_batch:
     out.add(b)
@@ -344,34 +368,197 @@ def batch_sizes(max_batch: int) -> list[int]:
   return sorted(out)
 
 
-def warmup(retriever: Any, max_batch: int, max_k: int) -> int:
-  """Compiles, before serving, every shape a request can meet: the question encoder
-  (`warmup_questions`) and the two-stage search for each batch-size and k bucket, so the
-  first requests are as fast as later ones. Returns the number of search shapes run."""
-  start = time.perf_counter()
-  model = getattr(retriever, "model", None)
-  if hasattr(model, "warmup_questions"):
-    shapes = model.warmup_questions(max_batch)
-    logger.info("Compiled the question encoder for %d shapes in %.1f s", shapes, time.perf_counter() - start)
+def question_batch_sizes(max_batch: int) -> list[int]:
+  """The row counts the question encoder is called with for batches of 1..max_batch questions:
+  1, 4, 16, ... up to the power of two covering min(max_batch, ENCODER_BATCH)."""
+  cap = 1 << max(0, (min(max_batch, ENCODER_BATCH) - 1).bit_length())
+  out, b = {cap}, 1
+  while b < cap:
+    out.add(b)
+    b *= ROW_BUCKET_STEP
+  return sorted(out)
+
+
+def question_bucket(n: int, sizes: Sequence[int]) -> int:
+  """The rows a batch of `n` questions is padded to (n itself beyond the largest size)."""
+  return next((s for s in sizes if s >= n), n)
+
+
+class PaddedQuestions:
+  """Wraps a question encoder so that every call sees one of a few row counts.
+
+  `encode_questions(texts)` pads `texts` to `question_bucket(len(texts), sizes)` by repeating
+  the last question and returns the first `len(texts)` embeddings; other attributes are the
+  wrapped model's.
+  """
+
+  def __init__(self, model: Any, sizes: Sequence[int]):
+    self.model = model
+    self.sizes = sorted(sizes)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.model, name)
+
+  def encode_questions(self, texts: Sequence[str], batch_size: int = ENCODER_BATCH) -> Any:
+    texts = list(texts)
+    n = len(texts)
+    rows = question_bucket(n, self.sizes)
+    if n and rows > n:
+      texts = texts + [texts[-1]] * (rows - n)
+    return self.model.encode_questions(texts, batch_size)[:n]
+
+
+def _question_lengths(model: Any) -> list[int]:
+  """The length buckets `ExportedModel.encode_questions` pads a batch to."""
+  from bpr_jax.export import MIN_BUCKET  # pylint: disable=import-outside-toplevel
+  from bpr_jax.shapes import next_pow2  # pylint: disable=import-outside-toplevel
+
+  full = int(model.settings["question_max_length"])
+  return sorted({min(full, max(MIN_BUCKET, next_pow2(n))) for n in range(1, full + 1)})
+
+
+def _question_of_length(model: Any, length: int) -> str:
+  """A question that tokenises to `length` tokens ([CLS] a a ... [SEP]), or as near as it gets."""
+  full = int(model.settings["question_max_length"])
+  words = max(1, length - 2)
+  for _ in range(4):
+    text = " ".join(["a"] * words)
+    used = int(model.tokenizer.questions([text], full)["attention_mask"].sum())
+    if used == length or used >= full:
+      break
+    words = max(1, words + length - used)
+  return text
+
+
+def question_shapes(model: Any, max_batch: int) -> list[tuple[int, int]]:
+  """The (rows, length) shapes the question encoder compiles for, behind `PaddedQuestions`;
+  empty when `model` is not an exported model (no tokenizer or settings)."""
+  if not (hasattr(model, "tokenizer") and isinstance(getattr(model, "settings", None), dict)
+          and "question_max_length" in model.settings):
+    return []
+  return [(r, n) for r in question_batch_sizes(max_batch) for n in _question_lengths(model)]
+
+
+def search_shapes(retriever: Any, max_batch: int, max_k: int) -> list[tuple[int, int]]:
+  """The (batch, k) shapes of the two-stage search; empty without a binary index."""
   index = getattr(retriever, "index", None)
   if index is None or not hasattr(index, "code_bits"):
-    return 0
+    return []
+  return [(b, k) for b in batch_sizes(max_batch) for k in k_buckets(max_k)]
+
+
+def warmup(retriever: Any, max_batch: int, max_k: int, progress: Progress | None = None) -> int:
+  """Compiles every shape a request can meet: the question encoder (`question_shapes`) and the
+  two-stage search (`search_shapes`); calls `progress(compiled, shapes)` after each and returns
+  the number of shapes run."""
+  model = getattr(retriever, "model", None)
+  inner = model.model if isinstance(model, PaddedQuestions) else model
+  q_shapes = question_shapes(inner, max_batch)
+  s_shapes = search_shapes(retriever, max_batch, max_k)
+  total = len(q_shapes) + len(s_shapes)
+  done = 0
+  if progress is not None:
+    progress(0, total)
+  start = time.perf_counter()
+  for rows, length in q_shapes:
+    inner.encode_questions([_question_of_length(inner, length)] * rows)
+    done += 1
+    if progress is not None:
+      progress(done, total)
+  if q_shapes:
+    logger.info("Question encoder: %d shapes in %.1f s", len(q_shapes), time.perf_counter() - start)
+  if not q_shapes and model is not None and hasattr(model, "warmup_questions"):
+    model.warmup_questions(max_batch)
+  if not s_shapes:
+    return done
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from bpr_jax.search import two_stage_search  # pylint: disable=import-outside-toplevel
 
   t0 = time.perf_counter()
   rng = np.random.default_rng(0)
-  n = 0
-  for b in batch_sizes(max_batch):
-    q = rng.standard_normal((b, index.code_bits)).astype(np.float32)
-    for k in k_buckets(max_k):
-      two_stage_search(q, index, k=k, l=getattr(retriever, "l", 1000),
-                       rerank=getattr(retriever, "rerank", True),
-                       candidates=getattr(retriever, "candidates", True))
-      n += 1
-  logger.info("Compiled the search for %d (batch, k) shapes in %.1f s", n, time.perf_counter() - t0)
-  return n
+  for b, k in s_shapes:
+    q = rng.standard_normal((b, retriever.index.code_bits)).astype(np.float32)
+    two_stage_search(q, retriever.index, k=k, l=getattr(retriever, "l", 1000),
+                     rerank=getattr(retriever, "rerank", True),
+                     candidates=getattr(retriever, "candidates", True))
+    done += 1
+    if progress is not None:
+      progress(done, total)
+  logger.info("Search: %d (batch, k) shapes in %.1f s", len(s_shapes), time.perf_counter() - t0)
+  return done
+
+
+class Warmup:
+  """The service's warm-up: `fn(progress)` run once in a background thread.
+
+  `state` is "warming_up" until `fn` returns, then "ok" (or "warmup_failed", with `error`, when
+  it raised: requests are still served, compiling on demand).  With `fn` None it is "ok" at once.
+  """
+
+  def __init__(self, fn: Callable[[Progress], Any] | None = None):
+    self._fn = fn
+    self.compiled = 0
+    self.shapes = 0
+    self.error: str | None = None
+    self.seconds: float | None = None
+    self._t0: float | None = None
+    self._done = threading.Event()
+    self._lock = threading.Lock()
+    self._thread: threading.Thread | None = None
+    if fn is None:
+      self._done.set()
+
+  def start(self) -> None:
+    """Starts the thread (once)."""
+    with self._lock:
+      if self._thread is not None or self._fn is None:
+        return
+      self._t0 = time.perf_counter()
+      self._thread = threading.Thread(target=self._run, name="bpr-warmup", daemon=True)
+      self._thread.start()
+
+  def _run(self) -> None:
+    assert self._fn is not None and self._t0 is not None
+    try:
+      self._fn(self._progress)
+    except Exception as e:  # pylint: disable=broad-except
+      logger.exception("warm-up failed; serving without it (shapes compile on first use)")
+      self.error = f"{type(e).__name__}: {e}"
+    finally:
+      self.seconds = round(time.perf_counter() - self._t0, 3)
+      if self.error is None:
+        logger.info("Warm-up done: %d shapes in %.1f s", self.compiled, self.seconds)
+      self._done.set()
+
+  def _progress(self, compiled: int, shapes: int) -> None:
+    self.compiled, self.shapes = compiled, shapes
+
+  @property
+  def done(self) -> bool:
+    return self._done.is_set()
+
+  @property
+  def state(self) -> str:
+    if not self.done:
+      return "warming_up"
+    return "warmup_failed" if self.error else "ok"
+
+  def wait(self, timeout: float | None = None) -> bool:
+    """Blocks until the warm-up ended (True) or `timeout` seconds passed (False)."""
+    return self._done.wait(timeout)
+
+  def retry_after(self) -> int:
+    """Seconds a client should wait before asking again (an estimate of the time left)."""
+    if self.done or self._t0 is None or not self.compiled or not self.shapes:
+      return 1 if self.done else 5
+    elapsed = time.perf_counter() - self._t0
+    left = elapsed / self.compiled * max(self.shapes - self.compiled, 0)
+    return int(min(max(math.ceil(left), 1), 60))
+
+  def report(self) -> dict[str, Any]:
+    return {"state": self.state, "compiled": self.compiled, "shapes": self.shapes,
+            "seconds": self.seconds, "error": self.error}
 
 
 def make_search_fn(retriever: SearchBackend, passage_store: PassageLookup,
@@ -407,8 +594,16 @@ def make_search_fn(retriever: SearchBackend, passage_store: PassageLookup,
 
 def create_app(retriever: SearchBackend, passage_store: PassageLookup, *, max_batch: int = 64,
                max_wait_ms: float = 5.0, max_pending: int = 16384, limits: Limits | None = None,
-               static_dir: str | os.PathLike[str] | None = None) -> FastAPI:
-  """Builds the FastAPI app around a retriever and a passage store."""
+               static_dir: str | os.PathLike[str] | None = None,
+               warmup: Callable[[Progress], Any] | None = None,
+               warmup_wait_s: float = 120.0) -> FastAPI:
+  """Builds the FastAPI app around a retriever and a passage store.
+
+  `warmup(progress)`, when given, runs in a background thread from the app's start-up (or its
+  first request); until it returns /health answers 503 "warming_up" and /search waits for it
+  (at most `warmup_wait_s`, then 503 with Retry-After).  The app's `state.warmup` is the
+  `Warmup`.
+  """
   limits = limits or Limits()
   index_html = pathlib.Path(static_dir or STATIC_DIR) / "index.html"
   if not index_html.is_file():
@@ -416,16 +611,19 @@ def create_app(retriever: SearchBackend, passage_store: PassageLookup, *, max_ba
   page = index_html.read_text(encoding="utf-8")
   batcher = MicroBatcher(make_search_fn(retriever, passage_store, limits.max_k), max_batch=max_batch,
                          max_wait_ms=max_wait_ms, max_pending=max_pending)
+  warm = Warmup(warmup)
   started = time.time()
 
   @contextlib.asynccontextmanager
   async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    warm.start()
     yield
     await batcher.aclose()
 
   app = FastAPI(title="BPR search", version="1", lifespan=lifespan)
   app.state.batcher = batcher
   app.state.limits = limits
+  app.state.warmup = warm
 
   @app.get("/", response_class=HTMLResponse)
   async def index() -> HTMLResponse:
@@ -433,9 +631,13 @@ def create_app(retriever: SearchBackend, passage_store: PassageLookup, *, max_ba
 
   @app.get("/health")
   async def health() -> JSONResponse:
+    warm.start()
     sizes = list(batcher.recent_batch_sizes)
-    return JSONResponse({
-        "status": "ok",
+    body = {
+        "status": warm.state,
+        "compiled": warm.compiled,
+        "shapes": warm.shapes,
+        "warmup": warm.report(),
         "passages": len(passage_store),
         "pending_questions": batcher.pending_questions,
         "search_calls": batcher.calls,
@@ -445,12 +647,25 @@ def create_app(retriever: SearchBackend, passage_store: PassageLookup, *, max_ba
         "uptime_s": round(time.time() - started, 3),
         "rss_bytes": _rss_bytes(),
         "limits": dataclasses.asdict(limits),
-    })
+    }
+    if not warm.done:
+      return JSONResponse(body, status_code=503, headers={"Retry-After": str(warm.retry_after())})
+    return JSONResponse(body)
 
   @app.post("/search")
   async def search(request: Request) -> JSONResponse:
     body = await _read_body(request, limits.max_body_bytes)
     questions, k = parse_search_request(body, limits)
+    if not warm.done:
+      warm.start()
+      deadline = time.monotonic() + warmup_wait_s
+      while not warm.done and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+      if not warm.done:
+        return JSONResponse(
+            {"detail": f"the service is warming up ({warm.compiled} of {warm.shapes} shapes "
+                       "compiled); try again later"},
+            status_code=503, headers={"Retry-After": str(warm.retry_after())})
     try:
       results = await batcher.submit(questions, k)
     except Overloaded as e:
@@ -462,71 +677,168 @@ def create_app(retriever: SearchBackend, passage_store: PassageLookup, *, max_ba
   return app
 
 
-def _load_retriever(model: str, index: str, l: int | None) -> SearchBackend:
+# ----------------------------------------------------------------------------- the command
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+  """A listening TCP socket on host:port; a port in use is a one-line CommandError."""
+  from bpr_jax.cli import CommandError  # pylint: disable=import-outside-toplevel
+
+  family = socket.AF_INET6 if ":" in host else socket.AF_INET
+  sock = socket.socket(family, socket.SOCK_STREAM)
+  try:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+  except OSError as e:
+    sock.close()
+    if e.errno == errno.EADDRINUSE:
+      raise CommandError(f"port {port} on {host} is in use; stop what holds it or pass "
+                         "another --port") from None
+    raise CommandError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+  sock.set_inheritable(True)
+  return sock
+
+
+def default_compilation_cache_dir() -> pathlib.Path:
+  """`$BPR_CACHE_DIR/jax`, else `~/.cache/bpr_jax/jax`."""
+  from bpr_jax.passage_store import cache_root  # pylint: disable=import-outside-toplevel
+  return cache_root() / "jax"
+
+
+def enable_compilation_cache(cache_dir: str | os.PathLike[str]) -> pathlib.Path:
+  """Turns on JAX's persistent compilation cache in `cache_dir` for every compiled shape (no
+  minimum compile time or size), so a restarted service loads its shapes instead of compiling."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  path = pathlib.Path(cache_dir).expanduser().resolve()
+  path.mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
+def check_inputs(model: str, index: str, passages: str, *, allow_mismatch: bool = False) -> dict:
+  """Checks, before anything loads, that the model, index and passage file exist and belong
+  together (`provenance.check_belongs` on the index's meta.json); returns the index's meta."""
+  from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+
+  model_dir, index_dir, passage_file = pathlib.Path(model), pathlib.Path(index), pathlib.Path(passages)
+  if not model_dir.is_dir():
+    raise FileNotFoundError(f"--model {model}: no such folder (an export of bpr_jax.export)")
+  if not (model_dir / "bpr.json").is_file():
+    raise FileNotFoundError(f"--model {model}: no bpr.json (not an exported model folder)")
+  if not index_dir.is_dir():
+    raise FileNotFoundError(f"--index {index}: no such folder (an index of bpr_jax.index)")
+  meta_file = index_dir / "meta.json"
+  if not meta_file.is_file():
+    raise FileNotFoundError(f"--index {index}: no meta.json (not a complete index folder)")
+  if not passage_file.is_file():
+    raise FileNotFoundError(f"--passages {passages}: no such file")
+  try:
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{meta_file}: not valid JSON ({e})") from None
+  recorded = meta.get(provenance.INPUTS) or {}
+  provenance.check_belongs(
+      f"index {index}, model {model} and passages {passages}",
+      {k: recorded[k] for k in ("model", "passages") if k in recorded} or None,
+      {"model": provenance.model_fingerprint(model_dir),
+       "passages": provenance.fingerprint_passages(passage_file)},
+      allow=allow_mismatch)
+  return meta
+
+
+def check_sizes(count: int | None, store: Any, passages: str, index: str) -> None:
+  """Fails when the index and the passage file are not the same corpus (count None: skip)."""
+  if count is not None and int(count) != len(store):
+    raise ValueError(f"the passage file {passages} has {len(store)} passages but the index "
+                     f"{index} has {count}; serve the passage file the index was built from")
+
+
+def _load_retriever(model: str, index: str, l: int | None, allow_mismatch: bool) -> SearchBackend:
   """The real retriever; passage text is looked up by the service, not by it."""
   from bpr_jax.search import Retriever  # Imported here: pulls in JAX.
 
-  kwargs = {} if l is None else {"l": l}
+  kwargs: dict[str, Any] = {} if l is None else {"l": l}
+  if allow_mismatch:
+    kwargs["allow_mismatch"] = True
   return Retriever.from_paths(model, index, **kwargs)
 
 
-def _check_sizes(retriever: Any, store: Any) -> None:
-  """Fails early when the index and the passage file are not the same corpus."""
-  index = getattr(retriever, "index", None)
-  ntotal = getattr(index, "ntotal", None)
-  if ntotal is not None and int(ntotal) != len(store):
-    raise ValueError(f"the passage file has {len(store)} passages but the index has {ntotal}; "
-                     "serve the passage file the index was built from")
-
-
 def main(argv: Sequence[str]) -> None:
+  """Binds the port, checks and loads the pieces, and serves (see the module docstring)."""
   del argv
-  import uvicorn
   from absl import flags
 
-  from bpr_jax.passage_store import PassageStore
+  from bpr_jax.cli import CommandError
 
   f = flags.FLAGS
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  if not f.passages:
-    raise app_usage_error("--passages is required (DPR TSV or BEIR corpus.jsonl)")
-  if not f.model or not f.index:
-    raise app_usage_error("--model and --index are required")
-  cache_dir = f.passage_cache_dir or (f.index if f.index and os.path.isdir(f.index)
-                                      and os.access(f.index, os.W_OK) else None)
-  store = PassageStore(f.passages, cache_dir=cache_dir)
-  logger.info("Passage store: %d passages (offset index in %s)", len(store), store.index_dir)
-  retriever = _load_retriever(f.model, f.index, f.l)
-  _check_sizes(retriever, store)
-  if f.warmup:
-    warmup(retriever, f.max_batch, f.max_k)
-  limits = Limits(max_questions=f.max_questions, max_k=f.max_k, max_body_bytes=f.max_body_bytes)
-  app = create_app(retriever, store, max_batch=f.max_batch, max_wait_ms=f.max_wait_ms,
-                   max_pending=f.max_pending, limits=limits)
-  logger.info("Serving on http://%s:%d/", f.host, f.port)
-  uvicorn.run(app, host=f.host, port=f.port, log_level=f.log_level, access_log=f.access_log)
+  for name in ("model", "index", "passages"):
+    if not f[name].value:
+      raise CommandError(f"--{name} is required (see --help)")
+  for name in ("max_batch", "max_k", "max_questions"):
+    if f[name].value < 1:
+      raise CommandError(f"--{name} must be >= 1, got {f[name].value}")
+  logging.getLogger("bpr_jax").setLevel(logging.INFO)
+  sock = bind_socket(f.host, f.port)  # Before anything slow: a port in use fails at once.
+  try:
+    meta = check_inputs(f.model, f.index, f.passages, allow_mismatch=f.allow_mismatch)
+    from bpr_jax.passage_store import PassageStore
 
+    store = PassageStore(f.passages, cache_dir=f.passage_cache_dir or None)
+    check_sizes(meta.get("num_passages"), store, f.passages, f.index)
+    logger.info("Passages: %d (offset index %s)", len(store), store.index_dir)
+    if f.compilation_cache_dir != "":
+      cache = enable_compilation_cache(f.compilation_cache_dir or default_compilation_cache_dir())
+      logger.info("Compilation cache: %s", cache)
+    retriever = _load_retriever(f.model, f.index, f.l, f.allow_mismatch)
+    check_sizes(getattr(getattr(retriever, "index", None), "ntotal", None), store, f.passages, f.index)
+    model = getattr(retriever, "model", None)
+    if model is not None and hasattr(model, "encode_questions"):
+      retriever.model = PaddedQuestions(model, question_batch_sizes(f.max_batch))  # type: ignore[attr-defined]
+    limits = Limits(max_questions=f.max_questions, max_k=f.max_k, max_body_bytes=f.max_body_bytes)
+    warm = None
+    if f.warmup:
+      def warm(progress: Progress) -> None:
+        warmup(retriever, f.max_batch, f.max_k, progress)
+    app = create_app(retriever, store, max_batch=f.max_batch, max_wait_ms=f.max_wait_ms,
+                     max_pending=f.max_pending, limits=limits, warmup=warm,
+                     warmup_wait_s=f.warmup_wait_s)
+  except BaseException:
+    sock.close()
+    raise
+  import uvicorn  # pylint: disable=import-outside-toplevel
 
-def app_usage_error(message: str) -> Exception:
-  from absl import app as absl_app
-
-  return absl_app.UsageError(message)
+  host = f"[{f.host}]" if ":" in f.host else f.host
+  print(f"Serving on http://{host}:{f.port}/ (warm-up {'running' if f.warmup else 'off'}; "
+        "GET /health for its progress)", flush=True)
+  config = uvicorn.Config(app, log_level=f.log_level, access_log=f.access_log)
+  uvicorn.Server(config).run(sockets=[sock])
 
 
 def _define_flags() -> None:
   from absl import flags
 
-  flags.DEFINE_string("model", None, "Exported question-encoder folder (bpr_jax.export).")
-  flags.DEFINE_string("index", None, "Binary passage index folder.")
-  flags.DEFINE_string("passages", None, "Passage file: DPR TSV (id, text, title) or BEIR corpus.jsonl.")
-  flags.DEFINE_string("passage_cache_dir", None,
-                      "Where to keep the passage offset index; default: the index folder if "
-                      "writable, else beside the passage file, else ~/.cache/bpr_jax.")
+  flags.DEFINE_string("model", None, "Exported model folder (bpr_jax.export).")
+  flags.DEFINE_string("index", None, "Binary passage index folder (bpr_jax.index).")
+  flags.DEFINE_string("passages", None, "The passage file the index was encoded from: DPR TSV "
+                      "(id, text, title) or BEIR corpus.jsonl.")
+  flags.DEFINE_string("passage_cache_dir", None, "Where the passage file's offset index is kept; "
+                      "default $BPR_CACHE_DIR/passages or ~/.cache/bpr_jax/passages.")
+  flags.DEFINE_string("compilation_cache_dir", None, "JAX's persistent compilation cache, so a "
+                      "restart does not compile again; default $BPR_CACHE_DIR/jax or "
+                      "~/.cache/bpr_jax/jax; empty turns it off.")
+  flags.DEFINE_boolean("allow_mismatch", False, "Serve a model, index and passage file that do "
+                       "not belong together (the index records what its codes were made from).")
   flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.")
   flags.DEFINE_integer("port", 8000, "Port to listen on.")
-  flags.DEFINE_integer("max_batch", 64, "Most questions per encoder call.")
-  flags.DEFINE_boolean("warmup", True, "Compile the question encoder and the rerank for every shape a "
-                       "request can meet, at start-up.")
+  flags.DEFINE_integer("max_batch", 64, "Most questions per search call.")
+  flags.DEFINE_boolean("warmup", True, "Compile every shape a request can meet, in the "
+                       "background after start-up (/search waits for it).")
+  flags.DEFINE_float("warmup_wait_s", 120.0, "How long a /search sent during the warm-up waits "
+                     "for it before answering 503 with Retry-After.")
   flags.DEFINE_float("max_wait_ms", 5.0, "How long a batch waits for more requests.")
   flags.DEFINE_integer("max_pending", 16384, "Most queued questions before answering 503.")
   flags.DEFINE_integer("max_questions", 1024, "Most questions per request.")
@@ -538,7 +850,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app as _absl_app
+  from bpr_jax import cli
 
-  _define_flags()
-  _absl_app.run(main)
+  cli.run(main, _define_flags)

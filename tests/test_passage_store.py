@@ -124,10 +124,12 @@ def test_cache_is_reused_and_invalidated(tmp_path: pathlib.Path) -> None:
   assert fourth.built and fourth.get(["2"]) == third.get(["2"])
 
 
-def test_default_cache_dir_is_beside_the_file(tmp_path: pathlib.Path) -> None:
+def test_default_cache_dir_is_bpr_cache_dir(tmp_path: pathlib.Path, monkeypatch) -> None:
+  monkeypatch.setenv("BPR_CACHE_DIR", str(tmp_path / "cache"))
   path = _write(tmp_path / "psgs.tsv", DPR_TSV)
   store = PassageStore(path)
-  assert store.index_dir.parent == tmp_path
+  assert store.index_dir.parent == tmp_path / "cache" / "passages"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "psgs.tsv"]  # nothing beside the file
 
 
 def test_concurrent_reads(tmp_path: pathlib.Path) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from benchmarks.fake_serve import FakeRetriever
+from tests.fake_serve import FakeRetriever
 from bpr_jax.passage_store import PassageStore
 from bpr_jax.serve import Limits, create_app
 
@@ -254,7 +254,7 @@ def test_real_retriever_and_index_behind_the_service(tmp_path: pathlib.Path) -> 
 
 def test_k_buckets_cover_every_k() -> None:
   from bpr_jax.serve import batch_sizes, k_bucket, k_buckets
-  assert k_buckets(1000) == [16, 32, 64, 128, 256, 512, 1000]
+  assert k_buckets(1000) == [32, 256, 1000]
   assert {k_bucket(k, 1000) for k in range(1, 1001)} == set(k_buckets(1000))
   assert all(k_bucket(k, 1000) >= k for k in range(1, 1001))
   assert batch_sizes(64) == [1, 2, 4, 8, 16, 32, 64] and batch_sizes(100)[-2:] == [64, 100]
@@ -284,7 +284,7 @@ def test_warmup_compiles_every_search_shape_before_serving(tmp_path: pathlib.Pat
 
   retriever = Retriever(QuestionEncoder(), BinaryIndex.from_arrays(pack_codes(vecs)), l=n)
   limits = Limits(max_k=40)
-  assert warmup(retriever, 8, limits.max_k) == 4 * 3  # batch sizes 1, 2, 4, 8; k buckets 16, 32, 40
+  assert warmup(retriever, 8, limits.max_k) == 4 * 2  # batch sizes 1, 2, 4, 8; k buckets 32, 40
   compiled = search_mod._rerank_block._cache_size()
   app = create_app(retriever, store, max_batch=8, max_wait_ms=2, limits=limits)
   bodies = [{"questions": [f"question {i}"] * (1 + i % 3), "k": 1 + (7 * i) % 40} for i in range(40)]
