@@ -65,10 +65,62 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.loss.beta_schedule == "final":
     check(config.loss.final_beta >= 1, f"loss.final_beta must be >= 1 with beta_schedule='final', "
           f"got {config.loss.final_beta}")
+  _check_distillation(config, check)
   check(config.optim.learning_rate > 0, "optim.learning_rate must be positive")
   check(0 <= config.optim.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)")
   n = jax.device_count()
   check(config.batch_size % n == 0, f"batch_size {config.batch_size} must be divisible by the {n} devices")
+
+
+SIMILARITIES = ("dot", "cos")
+
+
+def _check_distillation(config: ml_collections.ConfigDict, check) -> None:
+  """The teacher and nested-code fields of config.loss (see configs/common.py)."""
+  loss = config.loss
+  weight, cand_weight = loss.get("distill_weight", 0.0), loss.get("distill_cand_weight", 0.0)
+  teacher = loss.get("teacher", "")
+  check(weight >= 0 and cand_weight >= 0, f"loss.distill_weight and loss.distill_cand_weight must be >= 0, "
+        f"got {weight} and {cand_weight}")
+  check(loss.get("label_weight", 1.0) >= 0, f"loss.label_weight must be >= 0, got {loss.get('label_weight')}")
+  check(loss.get("distill_temperature", 1.0) > 0,
+        f"loss.distill_temperature must be > 0, got {loss.get('distill_temperature')}")
+  check(loss.get("distill_teacher_temperature", 0.0) >= 0,
+        f"loss.distill_teacher_temperature must be >= 0 (0: distill_temperature), "
+        f"got {loss.get('distill_teacher_temperature')}")
+  check(loss.get("distill_similarity", "dot") in SIMILARITIES,
+        f"loss.distill_similarity must be one of {SIMILARITIES}, got {loss.get('distill_similarity')!r}")
+  if config.mode == "dpr":
+    check(cand_weight == 0, "loss.distill_cand_weight needs mode='bpr' (DPR has no candidate codes); "
+          "use loss.distill_weight")
+  distilling = weight > 0 or cand_weight > 0
+  check(not distilling or bool(teacher), "loss.distill_weight / loss.distill_cand_weight > 0 needs "
+        "loss.teacher (an exported model dir)")
+  check(distilling or loss.get("label_weight", 1.0) > 0, "loss.label_weight is 0 and no distillation "
+        "weight is > 0: nothing would be trained")
+  if teacher:
+    check(os.path.isfile(os.path.join(teacher, "bpr.json")),
+          f"loss.teacher {teacher}: not an exported model dir (no bpr.json)")
+    check(distilling, "loss.teacher is set but loss.distill_weight and loss.distill_cand_weight are 0")
+    if config.model.init == "hf" and os.path.realpath(config.model.hf_dir) == os.path.realpath(teacher):
+      pooling = io.read_json(os.path.join(teacher, "bpr.json")).get("pooling")
+      check(pooling == config.model.pooling, f"model.pooling {config.model.pooling!r} differs from the teacher's "
+            f"{pooling!r} (model.hf_dir is the teacher, so the student would not start as the teacher); "
+            f"set model.pooling={pooling!r}")
+  try:
+    sizes = losses.parse_nested_bits(loss.get("nested_bits", ""))
+  except ValueError as e:
+    raise ValueError(f"config: loss.{e}") from None
+  if sizes and config.model.code_bits > 0:
+    check_nested_bits(sizes, config.model.code_bits)
+
+
+def check_nested_bits(sizes, code_size: int) -> None:
+  """ValueError (one line) when the largest nested prefix exceeds the code's `code_size` bits."""
+  sizes = losses.parse_nested_bits(sizes)
+  if sizes and sizes[-1] > code_size:
+    raise ValueError(f"config: loss.nested_bits {','.join(map(str, sizes))}: {sizes[-1]} is more than "
+                     f"the code's {code_size} bits (model.code_bits, else the encoder's hidden size)")
 
 
 # Config fields that change what is trained or its schedule. Resuming a checkpoint with any of
@@ -81,7 +133,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # function computed another way, same parameter tree); model.param_sharding (layout only; the checkpoint is
 # restored onto the new shardings); data.dev_path, data.dev_split, data.dev_hard_negatives_json
 # (validation only); data.pad_multiple (batch shapes only: padding is masked),
-# data.token_cache_dir (where token ids are kept).  tests/test_train.py checks that every field of configs/common.py is either
+# data.token_cache_dir and data.teacher_cache_dir (where token ids and teacher vectors are kept;
+# the teacher's own fingerprint is in the checkpoint's data record).  tests/test_train.py checks that every field of configs/common.py is either
 # listed here or in RESUME_FREE.
 RESUME_FIELDS = (
     "mode", "seed", "rng_impl", "batch_size", "num_train_steps", "num_epochs",
@@ -93,7 +146,9 @@ RESUME_FIELDS = (
     "data.passage_max_length", "data.num_hard_negatives", "data.shuffle_positives", "data.skip_invalid",
     "data.tiny_seed",
     "loss.alpha", "loss.gamma", "loss.cand_reduction", "loss.relaxation", "loss.cand_loss", "loss.terms",
-    "loss.beta_schedule", "loss.final_beta",
+    "loss.beta_schedule", "loss.final_beta", "loss.teacher", "loss.label_weight", "loss.distill_weight",
+    "loss.distill_cand_weight", "loss.distill_temperature", "loss.distill_teacher_temperature",
+    "loss.distill_similarity", "loss.nested_bits",
     "optim.learning_rate", "optim.warmup_fraction", "optim.weight_decay", "optim.adam_eps", "optim.b1",
     "optim.b2", "optim.grad_clip",
 )
@@ -102,6 +157,7 @@ RESUME_FREE = (
     "async_checkpoints", "prefetch", "model.remat", "model.param_sharding", "model.attention",
     "model.scan_layers", "data.dev_path",
     "data.dev_split", "data.dev_hard_negatives_json", "data.pad_multiple", "data.token_cache_dir",
+    "data.teacher_cache_dir",
 )
 _ABSENT = "<absent>"
 

@@ -23,7 +23,8 @@ from bpr_jax.data import pipeline
 from bpr_jax.models.biencoder import BiEncoder, tokens_of
 from bpr_jax.models.build import build_biencoder, encoder_configs
 from bpr_jax.preemption import Preemption
-from bpr_jax.run_config import TrainingError, check_resume, save_run_info, total_train_steps, validate_config
+from bpr_jax.run_config import (TrainingError, check_nested_bits, check_resume, save_run_info, total_train_steps,
+                                validate_config)
 from bpr_jax.tokenization import Tokenizer
 
 # Called as hook(step, checkpointer) after each checkpoint is saved. Empty in normal runs;
@@ -105,13 +106,22 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
 def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, beta, alpha: float,
                  cand_reduction: str, deterministic: bool, dropout_rng, relaxation: str = "tanh",
                  cand_loss: str = "margin", terms: str = "both", fuse_passages: bool = False,
-                 num_shards: int | None = None) -> losses.LossOutput:
+                 num_shards: int | None = None, loss_options: dict | None = None) -> losses.LossOutput:
   """Encodes the global batch and returns the BPR or DPR loss (the single place both share).
 
   `fuse_passages`: positives and hard negatives go through the passage encoder as one batch
   (one forward, bigger matmuls); `num_shards` (default: all devices) keeps that batch's rows
-  on the devices that hold them.
+  on the devices that hold them. `loss_options` (`loss_options(config)`): the teacher and nested-code
+  arguments of the loss; the teacher's scores come from the batch's `teacher_*` vectors.
   """
+  extra = dict(loss_options or {})
+  similarity = extra.pop("distill_similarity", "dot")
+  if extra.get("distill_weight", 0) > 0 or extra.get("distill_cand_weight", 0) > 0:
+    from bpr_jax.teacher import teacher_scores
+    tp = batch["teacher_pos"]
+    if "teacher_neg" in batch:
+      tp = jnp.concatenate([tp, batch["teacher_neg"]], axis=0)
+    extra["teacher_scores"] = teacher_scores(batch["teacher_q"], tp, similarity)
   kq = kp = kn = None
   if not deterministic:
     kq, kp, kn = jax.random.split(dropout_rng, 3)
@@ -128,8 +138,28 @@ def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, 
       neg = biencoder.encode_passages(params, tokens_of(batch, "neg"), deterministic=deterministic, dropout_rng=kn)
   if mode == "bpr":
     return losses.bpr_loss(q, pos, neg, beta, alpha=alpha, cand_reduction=cand_reduction,
-                           relaxation=relaxation, cand_loss=cand_loss, terms=terms)
-  return losses.dpr_loss(q, pos, neg)
+                           relaxation=relaxation, cand_loss=cand_loss, terms=terms, **extra)
+  return losses.dpr_loss(q, pos, neg, **extra)
+
+
+def loss_options(config: ml_collections.ConfigDict) -> dict:
+  """The teacher and nested-code arguments of the loss from config.loss ({} at the defaults, the
+  paper's loss): label and distillation weights, temperatures, teacher similarity, nested_bits."""
+  loss = config.loss
+  out = {}
+  nested = losses.parse_nested_bits(loss.get("nested_bits", ""))
+  if nested:
+    out["nested_bits"] = nested
+  weight, cand_weight = loss.get("distill_weight", 0.0), loss.get("distill_cand_weight", 0.0)
+  if weight > 0 or cand_weight > 0:
+    out.update(distill_weight=weight, distill_temperature=loss.get("distill_temperature", 1.0),
+               distill_teacher_temperature=loss.get("distill_teacher_temperature", 0.0) or None,
+               distill_similarity=loss.get("distill_similarity", "dot"))
+    if config.mode == "bpr":
+      out["distill_cand_weight"] = cand_weight
+  if loss.get("label_weight", 1.0) != 1.0:
+    out["label_weight"] = loss.get("label_weight", 1.0)
+  return out
 
 
 def dropout_key(config: ml_collections.ConfigDict) -> jax.Array:
@@ -155,6 +185,10 @@ def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collection
   reduction = config.loss.cand_reduction
   options = dict(relaxation=config.loss.relaxation, cand_loss=config.loss.cand_loss, terms=config.loss.terms,
                  fuse_passages=config.model.get("fuse_passages", False))
+  extra = loss_options(config)
+  if extra:
+    options["loss_options"] = extra
+  distilling = extra.get("distill_weight", 0) > 0 or extra.get("distill_cand_weight", 0) > 0
   beta_of = make_beta_schedule(config, total_steps)
 
   def train_step(state, batch, rng):
@@ -175,6 +209,10 @@ def make_train_step(biencoder: BiEncoder, tx, lr_schedule, config: ml_collection
                "train_avg_rank": jnp.mean(losses.positive_rank(out.scores).astype(jnp.float32))}
     if mode == "bpr":
       metrics["code_saturation"] = out.saturation
+    if distilling:
+      metrics["loss_distill"] = out.distill
+      if mode == "bpr":
+        metrics["loss_distill_cand"] = out.distill_cand
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
   return train_step
 
@@ -256,6 +294,24 @@ class MetricWriter:
       self._jsonl.close()
 
 
+class _Eta:
+  """Time left, from the step rate since the first log: the first interval includes compiling
+  (minutes for a large model), so its rate would inflate the ETA; until a second log it is '?'."""
+
+  def __init__(self):
+    self._since: tuple[float, int] | None = None  # (time, step) of the first log
+
+  def seconds_left(self, now: float, step: int, total: int) -> float:
+    if step >= total:
+      return 0.0
+    if self._since is None:
+      self._since = (now, step)
+    since_time, since_step = self._since
+    if step <= since_step:
+      return float("inf")
+    return (total - step) * max(now - since_time, 0.0) / (step - since_step)
+
+
 def _format_eta(seconds: float) -> str:
   if not math.isfinite(seconds):
     return "?"
@@ -277,7 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   tokenizer, train_source, dev_source = build_data(config, workdir)
   bert = encoder_configs(config, tokenizer)
+  check_nested_bits(config.loss.get("nested_bits", ""), config.model.code_bits or bert.hidden_size)
   token_cache_dir = pipeline.default_token_cache_dir(config.data.token_cache_dir, workdir)
+  from bpr_jax import teacher as teacher_lib
+  teacher = teacher_lib.for_training(config, train_source, workdir, process_index=jax.process_index(),
+                                     sync=_sync if jax.process_count() > 1 else None)
   batches = pipeline.TrainBatches(
       train_source, tokenizer,
       pipeline.PipelineConfig(
@@ -285,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           passage_max_length=config.data.passage_max_length, num_hard_negatives=config.data.num_hard_negatives,
           seed=config.seed, shuffle=True, shuffle_positives=config.data.shuffle_positives,
           pad_multiple=config.data.pad_multiple, token_cache_dir=token_cache_dir),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(), teacher=teacher)
   total_steps = total_train_steps(config, batches.steps_per_epoch)
   tx, lr_schedule = make_optimizer(config, total_steps)
   if not resuming:  # config.json and bert_config.json describe the run's checkpoints: new runs only
@@ -331,7 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending: list[dict] = []
   last: dict = {}
   t_last, step_last = time.time(), start
-  t0 = time.time()
+  eta = _Eta()
   step = start
   try:
     with Preemption(start) as preemption:
@@ -344,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         is_log_step = step % config.log_every == 0 or is_last
         stop = preemption.should_stop(step, sync=is_log_step or ckpt.should_save(step))
         if is_log_step:
-          last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)
+          last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, eta)
           pending, t_last, step_last = [], time.time(), step
         if dev_source is not None and config.eval_every > 0 and (step % config.eval_every == 0 or is_last):
           dev = validate(eval_encode, state["params"],
@@ -364,7 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             last.update(dev)
         if ckpt.should_save(step) or is_last or stop:
           if pending:  # never checkpoint parameters that came from a NaN loss
-            last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, t0, start)
+            last = _log(writer, pending, step, total_steps, config.batch_size, t_last, step_last, eta)
             pending, t_last, step_last = [], time.time(), step
           ckpt.save(step, state, {"next_step": step, **batches.fingerprint()}, force=True)
           for hook in checkpoint_hooks:
@@ -377,6 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
     pipeline.log_fallbacks(batches)
   last["step"] = step
+  last["total_steps"] = total_steps  # main's end-of-run summary: finished or stopped early
   return last
 
 
@@ -391,7 +452,7 @@ def _abstract_opt_state(abstract_opt, params, mesh):
 
 
 def _log(writer: MetricWriter, pending: list[dict], step: int, total: int, batch_size: int,
-         t_last: float, step_last: int, t0: float, start: int) -> dict:
+         t_last: float, step_last: int, eta: "_Eta") -> dict:
   """Averages the metrics of the steps since the last log, checks for NaN, writes them."""
   host = jax.device_get(pending)
   averaged = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -402,9 +463,8 @@ def _log(writer: MetricWriter, pending: list[dict], step: int, total: int, batch
   now = time.time()
   averaged["examples_per_s"] = (step - step_last) * batch_size / max(now - t_last, 1e-9)
   writer.write(step, averaged)
-  rate = (step - start) / max(now - t0, 1e-9)
-  eta = (total - step) / rate if rate > 0 else float("inf")
   logging.info("step %d/%d (%.1f%%) loss %.4f cand %.4f rerank %.4f beta %.3f lr %.3g |g| %.3f %.1f ex/s ETA %s",
                step, total, 100.0 * step / total, averaged["loss"], averaged["loss_cand"], averaged["loss_rerank"],
-               averaged["beta"], averaged["lr"], averaged["grad_norm"], averaged["examples_per_s"], _format_eta(eta))
+               averaged["beta"], averaged["lr"], averaged["grad_norm"], averaged["examples_per_s"],
+               _format_eta(eta.seconds_left(now, step, total)))
   return averaged

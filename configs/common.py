@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.passage_max_length = 256
   c.data.pad_multiple = 32       # pad each batch to its longest row rounded up to this (<= max length); 0: to the max
   c.data.token_cache_dir = ""    # token ids made once, kept here between runs; "": WORKDIR/token_cache (local workdirs)
+  c.data.teacher_cache_dir = ""  # loss.teacher's vectors made once, kept here; "": WORKDIR/teacher_cache (local workdirs)
   c.data.num_hard_negatives = 1
   c.data.shuffle_positives = False
   c.data.skip_invalid = False    # True: skip (and count) malformed records instead of failing
@@ -93,6 +94,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.terms = "both"          # 'both' (L_cand + L_rerank), 'cand' (--no_dense_loss), 'rerank' (--no_binary_loss)
   c.loss.beta_schedule = "gamma"  # 'gamma': sqrt(gamma step + 1); 'final': same shape reaching final_beta at the end
   c.loss.final_beta = 0.0        # with beta_schedule='final' (>= 1), e.g. 43 (the paper's runs end near it)
+  # Teacher distillation (bpr_jax/losses.py, bpr_jax/teacher.py); off by default (the paper's loss).
+  # L = label_weight * L_bpr + distill_weight * KL_T(teacher || <e_q, h~p>)
+  #     + distill_cand_weight * KL_T(teacher || <h~q, h~p>), teacher scores over the global batch's candidates.
+  c.loss.teacher = ""            # a float teacher: an exported model dir (training export, --hf_model or DPR import)
+  c.loss.label_weight = 1.0      # weight of the label terms (L_cand + L_rerank); 0: label-free, only the teacher
+  c.loss.distill_weight = 0.0    # weight of KL_T(teacher || rerank scores <e_q, h~p>) (DPR mode: <e_q, e_p>); 0: off
+  c.loss.distill_cand_weight = 0.0  # weight of KL_T(teacher || candidate scores <h~q, h~p>); 0: off
+  c.loss.distill_temperature = 1.0  # T of the student's softmax (the KL is multiplied by T^2, as Hinton et al.)
+  c.loss.distill_teacher_temperature = 0.0  # T of the teacher's softmax; 0: the same as distill_temperature
+  c.loss.distill_similarity = "dot"  # teacher score: 'dot' (<t_q, t_p>, DPR) or 'cos' (sentence-transformers models)
+  # Nested codes: the loss averaged over these prefixes of the code, e.g. '128,384,768' of a 768-bit
+  # code; each a multiple of 8, increasing, at most the code size. '': off (the whole code only).
+  c.loss.nested_bits = ""
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 2e-5

@@ -15,6 +15,11 @@ to the same shape and a run compiles at most max_length / pad_multiple shapes pe
 Each question gets its first positive (or a seeded random one with `shuffle_positives`) and
 `num_hard_negatives` hard negatives: seeded picks from `hard_negatives`, falling back to
 `negatives`, then to the positive of another random example of the dataset (counted).
+
+With a teacher (`TrainBatches(teacher=...)`, `bpr_jax.teacher.TeacherVectors`: float vectors of
+every question and passage row, made once) each batch also carries the teacher's vectors of its
+rows, gathered like the token ids: `teacher_q` [b, d_t], `teacher_pos` [b, d_t] and
+`teacher_neg` [b*n, d_t] (float32), from which the train step computes the teacher's scores.
 """
 from __future__ import annotations
 
@@ -83,7 +88,8 @@ class TrainBatches:
   """
 
   def __init__(self, source: ExampleSource, tokenizer, config: PipelineConfig, *,
-               process_index: int = 0, process_count: int = 1, tokens: ExampleTokens | None = None):
+               process_index: int = 0, process_count: int = 1, tokens: ExampleTokens | None = None,
+               teacher=None):
     if config.global_batch_size % process_count:
       raise ValueError(f"global batch {config.global_batch_size} is not divisible by {process_count} processes")
     if len(source) < config.global_batch_size:
@@ -101,11 +107,20 @@ class TrainBatches:
     if len(tokens) != len(source):
       raise ValueError(f"token tables hold {len(tokens)} examples, {source.name} has {len(source)}")
     self.tokens = tokens
+    if teacher is not None and (len(teacher.questions) != len(tokens.questions)
+                                or len(teacher.passages) != len(tokens.passages)):
+      raise ValueError(f"teacher vectors hold {len(teacher.questions)} questions and {len(teacher.passages)} "
+                       f"passages, the token tables of {source.name} {len(tokens.questions)} and "
+                       f"{len(tokens.passages)}")
+    self.teacher = teacher
 
   def fingerprint(self) -> dict:
     """What a checkpoint records to check that a resumed run reads the same data."""
-    return {"seed": self.config.seed, "num_examples": len(self.source),
-            "global_batch_size": self.config.global_batch_size, "dataset": self.source.name}
+    out = {"seed": self.config.seed, "num_examples": len(self.source),
+           "global_batch_size": self.config.global_batch_size, "dataset": self.source.name}
+    if self.teacher is not None:
+      out["teacher"] = self.teacher.fingerprint()
+    return out
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._perm_epoch:
@@ -177,6 +192,11 @@ class TrainBatches:
     out.update(_prefixed("pos", self.tokens.passages.rows(pos, p_len)))
     if cfg.num_hard_negatives:
       out.update(_prefixed("neg", self.tokens.passages.rows(neg, p_len)))
+    if self.teacher is not None:
+      out["teacher_q"] = np.asarray(self.teacher.questions[q], np.float32)
+      out["teacher_pos"] = np.asarray(self.teacher.passages[pos], np.float32)
+      if cfg.num_hard_negatives:
+        out["teacher_neg"] = np.asarray(self.teacher.passages[neg], np.float32)
     return out
 
   def iterate(self, start_step: int, end_step: int, prefetch: int = 2) -> Iterator[tuple[int, dict]]:
