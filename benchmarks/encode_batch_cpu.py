@@ -3,7 +3,7 @@
   BPR_SHARED_DIR=/work/shared python benchmarks/encode_batch_cpu.py \
       [--docs=500 --rounds=3 --max_length=256 --batch_sizes=512,64]
 
-Model: all-MiniLM-L6-v2 exported with mean pooling (``export.import_hf_encoder``, what
+Model: all-MiniLM-L6-v2 exported with mean pooling (``importers.import_hf_encoder``, what
 ``python -m bpr_jax.export --hf_model=... --pooling=mean`` writes) into a temp folder.  Passages:
 the first ``--docs`` documents of SciFact's corpus.jsonl.  Each variant runs ``encode_corpus``
 exactly as ``python -m bpr_jax.encode`` does (bucketed padding, ``--pad_multiple=32``) into a
@@ -83,7 +83,8 @@ def main() -> None:
   from bpr_jax.data.passages import iter_passages  # pylint: disable=import-outside-toplevel
   from bpr_jax.data.token_cache import tokenize_passages  # pylint: disable=import-outside-toplevel
   from bpr_jax.encode import default_batch_size, encode_corpus  # pylint: disable=import-outside-toplevel
-  from bpr_jax.export import import_hf_encoder, load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.importers import import_hf_encoder  # pylint: disable=import-outside-toplevel
 
   load_before = list(os.getloadavg())
   with tempfile.TemporaryDirectory(prefix="encode_batch_cpu-") as tmp:
@@ -143,7 +144,7 @@ def main() -> None:
       "machine": common.machine_info(),
       "load_average_before": [round(x, 2) for x in load_before],
       "load_average_after": [round(x, 2) for x in os.getloadavg()],
-      "model": "all-MiniLM-L6-v2, mean pooling, exported with export.import_hf_encoder",
+      "model": "all-MiniLM-L6-v2, mean pooling, exported with importers.import_hf_encoder",
       "passages": len(docs),
       "real_tokens": real_tokens,
       "max_length": args.max_length,

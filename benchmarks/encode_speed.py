@@ -77,7 +77,7 @@ def main() -> None:
   from bpr_jax.data.passages import iter_passages  # pylint: disable=import-outside-toplevel
   from bpr_jax.data.token_cache import (bucket_length, num_buckets,  # pylint: disable=import-outside-toplevel
                                         tokenize_passages)
-  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
 
   with tempfile.TemporaryDirectory(prefix="encode_speed.") as tmp:
     tmp = pathlib.Path(tmp)

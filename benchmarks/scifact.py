@@ -1,8 +1,9 @@
 """SciFact (BEIR) retrieval benchmark: MiniLM as released, its binary codes, and fine-tuned BPR/DPR.
 
-Size (~690 lines, over the house's ~400): one benchmark's stages (encode, untrained rows, cross-check,
-fine-tuning through the project's commands with a dev split) share its work-dir layout and row
-format; the report stage is benchmarks/scifact_report.py, shared set-up benchmarks/common.py.
+Its stages (encode, untrained rows, cross-check, fine-tuning through the project's commands with a
+dev split) share its work-dir layout and row format; row names and the fine-tuned runs' rows are in
+benchmarks/scifact_rows.py, the report stage is benchmarks/scifact_report.py, shared set-up
+benchmarks/common.py.
 
 Stages (each caches its output in --work_dir, so re-running skips finished work):
 
@@ -114,13 +115,10 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, log, shared_dir  # noqa: E402
 from benchmarks import cpu_env  # noqa: E402
+from benchmarks.scifact_rows import (CODE_SIZES_BITS, MAX_LENGTH, ROW_NAMES, finetuned_rows,  # noqa: E402,F401
+                                     logged_steps, run_dir, select_on_dev)
 from bpr_jax import evaluate  # noqa: E402
 
-DOC_FORMATS = ("single", "pair")
-MAX_LENGTH = 256
-ROW_NAMES = ("minilm-float", "minilm-sign", "minilm-sign-two-stage", "minilm-lsh", "minilm-pq",
-             "bpr-flat", "bpr-hash", "bpr-no-rerank", "bpr-no-candidates",
-             "dpr-flat", "dpr-hnsw", "dpr-lsh", "dpr-pq", "dpr-sign")
 # Reference values on SciFact test (nDCG@10, Recall@100) from the task brief, used only to
 # report whether our measured numbers reproduce them; never written as results.
 REFERENCE = {
@@ -161,7 +159,7 @@ def doc_tokens(tokenizer, titles, texts, fmt: str) -> dict:
 def encode_in_chunks(encode, tokens: dict, out_path: pathlib.Path, batch_size: int,
                      chunk: int = 256) -> np.ndarray:
   """Encodes with progress logging; keeps finished chunks in out_path.partial.npz to resume."""
-  from bpr_jax.export import encode_batches
+  from bpr_jax.exported_model import encode_batches
   n = len(tokens["input_ids"])
   partial = out_path.with_suffix(".partial.npz")
   done: list[np.ndarray] = []
@@ -187,7 +185,7 @@ def encode_in_chunks(encode, tokens: dict, out_path: pathlib.Path, batch_size: i
 
 
 def stage_encode(work: pathlib.Path, formats, batch_size: int) -> None:
-  from bpr_jax.export import make_encode_fn
+  from bpr_jax.exported_model import make_encode_fn
   from bpr_jax.models import hf
   from bpr_jax.tokenization import Tokenizer
   model_dir = shared_dir() / "models" / "all-MiniLM-L6-v2"
@@ -434,22 +432,8 @@ def stage_crosscheck(work: pathlib.Path, formats, n: int = 16) -> None:
 
 
 # ----------------------------------------------------------------------------- fine-tuned rows
+# (row names, run folders and their rows: benchmarks/scifact_rows.py)
 
-# evaluate.py row name -> benchmark row name, per (mode, index kind).
-FINETUNED_NAMES = {
-    ("bpr", "flat"): {"bpr-flat": "bpr-flat", "bpr-flat-no-rerank": "bpr-no-rerank",
-                      "bpr-flat-no-candidates": "bpr-no-candidates"},
-    ("bpr", "hash"): {"bpr-hash": "bpr-hash"},
-    # DPR: float baselines over its float embeddings; dpr-sign = BPR-style two-stage search
-    # (Hamming top-1000 + <e_q, sign(e_p)> rerank) over the signs of DPR's embeddings.
-    ("dpr", "flat"): {"flat_ip": "dpr-flat", "hnsw": "dpr-hnsw", "lsh": "dpr-lsh", "pq": "dpr-pq",
-                      "bpr-flat": "dpr-sign"},
-}
-
-
-# Code sizes of the accuracy-against-memory table (16, 48 and 96 bytes a passage): BPR with
-# model.code_bits (384 = MiniLM's own pooled vector, no head), DPR's LSH / PQ at equal size.
-CODE_SIZES_BITS = (128, 384, 768)
 DEV_QUERIES = 100
 DEV_SEED = 0
 
@@ -500,28 +484,6 @@ def make_dev_split(beir_dir: pathlib.Path, out_dir: pathlib.Path, num_dev: int =
   return info
 
 
-def select_on_dev(rows: list[dict], name: str = "bpr-flat", train_steps: int | None = None) -> list[dict]:
-  """Marks, per bytes_per_passage, the test row of the `name` run whose dev nDCG@10 is best.
-
-  `rows` hold both splits (field 'split'); a run is identified by its 'variant' ('' = main). The
-  chosen test row gets "selected_on_dev": true (ties: the main run, then the first tag). Test
-  numbers never take part in the choice. With `train_steps`, only runs of that budget (the
-  reported DPR's) are eligible: a longer BPR run is not compared with a shorter DPR one.
-  """
-  dev = [r for r in rows if r["name"] == name and r.get("split") == "dev"
-         and (train_steps is None or r.get("train_steps") == train_steps)]
-  best: dict = {}
-  for r in sorted(dev, key=lambda r: (r.get("variant", "") != "", r.get("variant", ""))):
-    key = r["bytes_per_passage"]
-    if key not in best or r["ndcg@10"] > best[key]["ndcg@10"]:
-      best[key] = r
-  chosen = {(r["bytes_per_passage"], r.get("variant", "")) for r in best.values()}
-  for r in rows:
-    if r["name"] == name and r.get("split") == "test":
-      r["selected_on_dev"] = (r["bytes_per_passage"], r.get("variant", "")) in chosen
-  return rows
-
-
 def run_command(cmd: list[str], env: dict, log_path: pathlib.Path) -> float:
   """Runs a project command (output to log_path); returns its wall time in seconds."""
   import subprocess
@@ -535,16 +497,6 @@ def run_command(cmd: list[str], env: dict, log_path: pathlib.Path) -> float:
   if proc.returncode:
     raise SystemExit(f"command failed ({proc.returncode}), see {log_path}: {' '.join(cmd)}")
   return secs
-
-
-def run_dir(work: pathlib.Path, mode: str, tag: str = "") -> pathlib.Path:
-  """ft-MODE for the main rows; ft-MODE-TAG for a variant (--tag)."""
-  return work / (f"ft-{mode}-{tag}" if tag else f"ft-{mode}")
-
-
-def logged_steps(train_dir: pathlib.Path) -> list[int]:
-  """The steps of the run's metrics.jsonl lines."""
-  return [json.loads(l)["step"] for l in (train_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
 def check_trained(train_dir: pathlib.Path) -> None:
@@ -621,36 +573,6 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
                                           f"--baselines={baselines}", f"--baseline_bits={sizes}",
                                           f"--embeddings={d / 'codes'}",
                                           "--num_single=50", f"--output={out}"], out)
-
-
-def finetuned_rows(work: pathlib.Path, tag: str = "", split: str = "test") -> list[dict]:
-  """Rows of one run (main or --tag) on `split` ('test': eval-KIND.json, 'dev': eval-KIND-dev.json)."""
-  rows = []
-  for (mode, kind), names in FINETUNED_NAMES.items():
-    d = run_dir(work, mode, tag)
-    path = d / (f"eval-{kind}-dev.json" if split == "dev" else f"eval-{kind}.json")
-    if not path.exists():
-      continue
-    times = json.loads((d / "times.json").read_text())
-    config = json.loads((d / "train" / "config.json").read_text())
-    steps = logged_steps(d / "train")
-    for r in evaluate.read_results(path)[1]:
-      sized = re.fullmatch(r"(.+)-(\d+bit)", r["name"])  # 'lsh-128bit': a baseline at another code size
-      base, size = sized.groups() if sized else (r["name"], "")
-      key = "pq" if base.startswith("pq") else base  # 'pqB' when N < 256 (B bits)
-      if key not in names:
-        continue
-      row = dict(r, name=names[key] + (f"-{size}" if size else ""), evaluate_row=r["name"], mode=mode, split=split,
-                 train_steps=max(steps) if steps else None, batch_size=config["batch_size"],
-                 seed=config["seed"], question_max_length=config["data"]["question_max_length"],
-                 passage_max_length=config["data"]["passage_max_length"],
-                 training_s=round(times["train"]), corpus_encode_s=round(times["encode"]),
-                 overrides=json.loads((d / "overrides.json").read_text())
-                 if (d / "overrides.json").exists() else [])
-      if tag:
-        row["variant"] = tag
-      rows.append(row)
-  return rows
 
 
 # ----------------------------------------------------------------------------- main

@@ -43,7 +43,7 @@ def evaluate(scores: np.ndarray, ids: list[str], questions) -> dict:
 
 def one_run(d: pathlib.Path, beir_dir: pathlib.Path) -> dict:
   from bpr_jax.evaluate import load_beir
-  from bpr_jax.export import load_exported
+  from bpr_jax.exported_model import load_exported
   ids = [str(x) for x in np.load(d / "codes" / "ids.npy").tolist()]
   emb = np.load(d / "codes" / "embeddings.npy")
   questions = load_beir(beir_dir, "test", ids)

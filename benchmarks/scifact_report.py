@@ -13,8 +13,8 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
 from benchmarks.common import log  # noqa: E402
-from benchmarks.scifact import (CODE_SIZES_BITS, DOC_FORMATS, MAX_LENGTH, ROW_NAMES, finetuned_rows,  # noqa: E402
-                                run_dir, select_on_dev)
+from benchmarks.scifact_rows import (CODE_SIZES_BITS, DOC_FORMATS, MAX_LENGTH, ROW_NAMES,  # noqa: E402
+                                     finetuned_rows, run_dir, select_on_dev)
 
 
 def fmt_num(v, digits=4):

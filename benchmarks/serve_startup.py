@@ -153,7 +153,7 @@ def shape_counts(pieces: dict[str, pathlib.Path], old_serve: pathlib.Path, max_b
                  max_k: int) -> dict[str, Any]:
   """Shapes each warm-up compiles, from the public warm-up functions (nothing is compiled)."""
   from bpr_jax import serve
-  from bpr_jax.export import MIN_BUCKET, load_exported
+  from bpr_jax.exported_model import MIN_BUCKET, load_exported
   from bpr_jax.index import BinaryIndex
   from bpr_jax.shapes import next_pow2
 

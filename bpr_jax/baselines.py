@@ -1,7 +1,7 @@
 """Research baselines for ``bpr_jax.evaluate --baselines``: float and post-hoc compressed
 retrieval over passage embeddings, to compare BPR's binary codes against.
 
-Each function returns ``evaluate.System`` rows (a search function ``(q_emb [B, d], k) ->
+Each function returns ``systems.System`` rows (a search function ``(q_emb [B, d], k) ->
 (scores [B, k], rows [B, k])`` with its memory figures) that ``evaluate.evaluate_systems``
 times and scores like the BPR rows:
 
@@ -23,12 +23,11 @@ faiss is imported when a baseline is built, not with this module.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-  from bpr_jax.evaluate import SearchFn, System
+from bpr_jax.systems import SearchFn, System, bpr_systems
 
 BASELINES = ("flat_ip", "hnsw", "lsh", "pq")
 SIZED_BASELINES = ("lsh", "pq")  # their code size follows the index's code bits (or baseline_bits)
@@ -44,7 +43,7 @@ def faiss_bytes(index) -> int:
   return int(faiss.serialize_index(index).size)
 
 
-def faiss_search(index, negate: bool = False) -> "SearchFn":
+def faiss_search(index, negate: bool = False) -> SearchFn:
   """A search function over a faiss float index: ``(q_emb [B, d], k) -> (scores [B, k] float32,
   rows [B, k] int64)``, best first, padded with -inf / -1 past the index size.
 
@@ -72,7 +71,7 @@ def faiss_search(index, negate: bool = False) -> "SearchFn":
 
 def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
                   ids: np.ndarray, log: Callable[[str], None] | None = print,
-                  ids_bytes: int | None = None) -> list["System"]:
+                  ids_bytes: int | None = None) -> list[System]:
   """Float baselines (some of ``BASELINES``) over passage embeddings [N, d].
 
   ``ids[r]`` is the passage id of embedding row r; ``code_bits`` sizes ``lsh`` (bits) and
@@ -81,8 +80,6 @@ def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
   so once through ``log``.
   """
   import faiss  # pylint: disable=import-outside-toplevel
-
-  from bpr_jax.evaluate import System  # pylint: disable=import-outside-toplevel
 
   emb = np.ascontiguousarray(embeddings, dtype=np.float32)
   n, d = emb.shape
@@ -133,16 +130,15 @@ def float_systems(embeddings: np.ndarray, code_bits: int, names: Sequence[str],
 
 
 def sign_systems(embeddings: np.ndarray, ids: Sequence[str] | np.ndarray, *, l: int = 1000,
-                 prefix: str = "sign") -> list["System"]:
+                 prefix: str = "sign") -> list[System]:
   """Sign codes of a float model's passage embeddings [N, d] (d a multiple of 8), searched by
-  BPR's two-stage search and its two ablations (``evaluate.bpr_systems`` over a flat index of
+  BPR's two-stage search and its two ablations (``systems.bpr_systems`` over a flat index of
   ``codes.pack_codes(embeddings)``).
 
   Rows are ``PREFIX-two-stage``, ``PREFIX`` (Hamming order only) and ``PREFIX-rerank-all``;
   question embeddings are the float model's own.
   """
   from bpr_jax.codes import pack_codes  # pylint: disable=import-outside-toplevel
-  from bpr_jax.evaluate import bpr_systems  # pylint: disable=import-outside-toplevel
   from bpr_jax.index import BinaryIndex  # pylint: disable=import-outside-toplevel
 
   emb = np.asarray(embeddings)

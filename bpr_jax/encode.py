@@ -586,7 +586,7 @@ def main(argv: Sequence[str]) -> None:
 
   from bpr_jax.data.passages import scan_passages  # pylint: disable=import-outside-toplevel
   from bpr_jax.distributed import initialize_distributed  # pylint: disable=import-outside-toplevel
-  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
 
   scan_passages(f.passages)  # a bad collection is refused before the model is loaded
   initialize_distributed()  # a multi-process launch shards by process unless flags say otherwise

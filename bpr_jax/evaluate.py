@@ -42,9 +42,10 @@ in one batch, search only) and ``ms_per_query_single`` (one question at a
 time, first ``--num_single`` questions).  Question encoding is not timed.
 
 This module holds the question loaders (``load_qa``, ``load_beir``), the scoring of retrieved
-rows (``Scorer``: answer recall on QA data, pytrec_eval metrics on BEIR), the BPR rows
-(``bpr_systems``: ``search.two_stage_search``, the function ``Retriever.search`` calls), timing
-(``time_system``, ``evaluate_systems``) and the command.  ``--baselines`` adds rows built by
+rows (``Scorer``: answer recall on QA data, pytrec_eval metrics on BEIR), timing
+(``time_system``, ``evaluate_systems``) and the command.  The systems it times are
+``bpr_jax.systems.System``s: the BPR rows (``systems.bpr_systems``: ``search.two_stage_search``,
+the function ``Retriever.search`` calls) and, with ``--baselines``, rows built by
 ``bpr_jax.baselines.float_systems``.
 """
 from __future__ import annotations
@@ -63,10 +64,8 @@ from bpr_jax import metrics
 from bpr_jax.baselines import BASELINES, SIZED_BASELINES, float_systems  # noqa: F401
 from bpr_jax.index import BinaryIndex
 from bpr_jax.io import atomic_write_text, load_npy
-from bpr_jax.search import check_pieces, two_stage_search
-
-# (q_emb [B, d], k) -> (scores [B, k] float32, rows [B, k] int64; -1 where missing)
-SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+from bpr_jax.search import check_pieces
+from bpr_jax.systems import System, bpr_systems
 
 
 @dataclasses.dataclass
@@ -181,37 +180,7 @@ class Scorer:
 
 
 # ---------------------------------------------------------------------------
-# Systems.
-
-
-@dataclasses.dataclass
-class System:
-  """One evaluated retrieval system."""
-
-  name: str
-  search: SearchFn
-  bytes_per_passage: float
-  index_bytes: int
-  ids: np.ndarray  # row -> passage id of the rows `search` returns
-
-
-def bpr_systems(index: BinaryIndex, l: int) -> list[System]:
-  """The binary index two-stage search and its two ablations."""
-  base = f"bpr-{index.kind}"
-  bpp = index.bytes_per_passage
-  mem = index.memory_bytes()
-
-  def make(rerank: bool, candidates: bool) -> SearchFn:
-    return lambda q, k: two_stage_search(q, index, k=k, l=l, rerank=rerank,
-                                         candidates=candidates)
-
-  ids = index.ids
-  return [
-      System(base, make(True, True), bpp, mem, ids),
-      System(f"{base}-no-rerank", make(False, True), bpp, mem, ids),
-      System(f"{base}-no-candidates", make(True, False), bpp, int(index.codes.nbytes + index.ids.nbytes),
-             ids),
-  ]
+# Timing.
 
 
 def time_system(system: System, q_emb: np.ndarray, k: int,
@@ -624,7 +593,7 @@ def main(argv: Sequence[str]) -> None:
                            f"divide the embedding dimension {d}; drop pq or that --baseline_bits")
   cache_dir = (pathlib.Path(f.passage_cache_dir) if f.passage_cache_dir is not None
                else out.resolve().parent / ".passage_cache")
-  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
   model = load_exported(model_dir)
   rows = run_evaluation(model, index, questions, ks=ks, l=l, passages=passages,
                         baselines=baselines, embeddings=embeddings, embedding_ids=embedding_ids,

@@ -249,7 +249,7 @@ def mine_teacher(teacher: str, *, beir_dir: str | None = None, split: str = "tra
   or `questions_path`; corpus: BEIR corpus.jsonl or `passages_path`."""
   import os  # pylint: disable=import-outside-toplevel
 
-  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
   from bpr_jax.teacher import encode_in_chunks  # pylint: disable=import-outside-toplevel
   if similarity not in ("dot", "cos"):
     raise ValueError(f"--similarity must be 'dot' or 'cos', got {similarity!r}")

@@ -47,10 +47,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bpr_jax.data.examples import DataError
-from bpr_jax.data.passages import (TsvColumns, parse_corpus_line, split_tsv_line, tsv_header,
-                                   tsv_passage)
+from bpr_jax.data.passage_files import (TsvColumns, parse_corpus_line, split_tsv_line, tsv_header,
+                                        tsv_passage)
 
-_INDEX_VERSION = 2  # 2: the rules of bpr_jax.data.passages (header on the first non-blank line)
+_INDEX_VERSION = 2  # 2: the rules of bpr_jax.data.passage_files (header on the first non-blank line)
 _CACHE_SUFFIX = ".pidx"
 _OFFSETS = "offsets.npy"
 _IDS = "ids.npy"

@@ -155,7 +155,7 @@ def export_pyserini(index_dir: PathLike, model_dir: PathLike, out_dir: PathLike,
   `out_dir` holds a folder made from other inputs (unless `overwrite`).
   """
   from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
-  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
   from bpr_jax.index import BinaryIndex  # pylint: disable=import-outside-toplevel
 
   index = BinaryIndex.load(index_dir)

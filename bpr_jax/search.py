@@ -360,7 +360,7 @@ class Retriever:
   The constructor takes pieces already in memory (tests, services):
 
   Args:
-    model: an ``bpr_jax.export.ExportedModel`` (anything with ``encode_questions``).
+    model: an ``bpr_jax.exported_model.ExportedModel`` (anything with ``encode_questions``).
     index: the binary passage index.
     passages: optional passage file (DPR TSV / BEIR JSONL); when given, hits also carry
       ``title`` and ``text``, read through ``bpr_jax.passage_store.PassageStore`` (an on-disk
@@ -436,16 +436,16 @@ class Retriever:
     settings, that the pieces belong together (``check_pieces``; ``allow_mismatch`` lets a
     mismatch through, recorded in ``.mismatched``), that the model's embeddings match the index's
     code bits, and that the passage file has as many passages as the index.  ``dtype`` is the
-    encoders' compute dtype (``export.load_exported``); other keyword arguments go to the
+    encoders' compute dtype (``exported_model.load_exported``); other keyword arguments go to the
     constructor (``rerank``, ``candidates``, ``nprobe``, ``threads``).
     """
-    from bpr_jax import export, provenance  # pylint: disable=import-outside-toplevel
+    from bpr_jax import export_format, exported_model, provenance  # pylint: disable=import-outside-toplevel
 
     model_dir = pathlib.Path(model)
     if not model_dir.is_dir():
       raise FileNotFoundError(f"model {model}: no such folder (give an exported model, "
                               "bpr_jax.export)")
-    settings = export.read_settings(model_dir)
+    settings = export_format.read_settings(model_dir)
     index_obj = BinaryIndex.load(index)
     if passages is not None and not str(passages).startswith("tfds:"):
       if not pathlib.Path(passages).is_file():
@@ -465,7 +465,7 @@ class Retriever:
       if len(store) != index_obj.ntotal:
         raise ValueError(f"passage file {passages} has {len(store)} passages but index {index} "
                          f"has {index_obj.ntotal}; give the passage file the index was built from")
-    return cls(export.load_exported(model_dir, dtype=dtype), index_obj, passage_store=store,
+    return cls(exported_model.load_exported(model_dir, dtype=dtype), index_obj, passage_store=store,
                l=l, mismatched=mismatched, **kwargs)
 
   @classmethod

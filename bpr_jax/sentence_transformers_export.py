@@ -96,15 +96,15 @@ def export_sentence_transformers(model_dir: PathLike, out_dir: PathLike, *,
   has "reused": True; nothing is written); one made from another is refused (ProvenanceError)
   unless `overwrite`.
   """
-  from bpr_jax import export, provenance  # pylint: disable=import-outside-toplevel
+  from bpr_jax import export_format, provenance  # pylint: disable=import-outside-toplevel
   from bpr_jax.models import hf  # pylint: disable=import-outside-toplevel
 
   model_dir = pathlib.Path(model_dir)
   if not model_dir.is_dir():
     raise FileNotFoundError(f"exported model directory not found: {model_dir}")
-  settings = export.read_settings(model_dir)
-  parts = ((export.QUESTION_DIR, QUESTION_DIR, settings["question_max_length"]),
-           (export.PASSAGE_DIR, PASSAGE_DIR, settings["passage_max_length"]))
+  settings = export_format.read_settings(model_dir)
+  parts = ((export_format.QUESTION_DIR, QUESTION_DIR, settings["question_max_length"]),
+           (export_format.PASSAGE_DIR, PASSAGE_DIR, settings["passage_max_length"]))
   for source, _, _ in parts:
     if not (model_dir / source / hf.CONFIG_FILE).is_file():
       raise FileNotFoundError(f"missing {source}/{hf.CONFIG_FILE} in exported model {model_dir}")

@@ -410,7 +410,7 @@ class PaddedQuestions:
 
 def _question_lengths(model: Any) -> list[int]:
   """The length buckets `ExportedModel.encode_questions` pads a batch to."""
-  from bpr_jax.export import MIN_BUCKET  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import MIN_BUCKET  # pylint: disable=import-outside-toplevel
   from bpr_jax.shapes import next_pow2  # pylint: disable=import-outside-toplevel
 
   full = int(model.settings["question_max_length"])

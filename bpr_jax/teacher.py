@@ -10,7 +10,7 @@ candidate passage (positives and the negative pools), in exactly the row order o
 step computes the [B, P] teacher scores from them (one small matmul).
 
 The teacher is any exported model dir (`bpr_jax.export`: a training run, `--hf_model`,
-a DPR import), read with `export.load_exported` and used with its own settings (tokenizer,
+a DPR import), read with `exported_model.load_exported` and used with its own settings (tokenizer,
 lengths, pooling, code head): the float vectors it gives `encode --save_float`.
 
 Cache (`data.teacher_cache_dir`, default WORKDIR/teacher_cache):
@@ -129,7 +129,7 @@ def encode_in_chunks(encode: Callable[[int, int], np.ndarray], n: int) -> np.nda
 def encode_texts(teacher_dir: str | os.PathLike, questions: Sequence[str], titles: Sequence[str],
                  texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
   """The teacher's float32 question and passage vectors (its own tokenizer, lengths, pooling)."""
-  from bpr_jax.export import load_exported  # pylint: disable=import-outside-toplevel
+  from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
   model = load_exported(teacher_dir)
   # a chunk at a time: the tokenizer pads a whole call to the max length
   q = encode_in_chunks(lambda lo, hi: model.encode_questions(questions[lo:hi], batch_size=batch_size), len(questions))

@@ -55,7 +55,7 @@ def build_data(config: ml_collections.ConfigDict, workdir: str):
     train_path, dev_path, tokenizer_dir = paths["train"], paths["dev"], paths["vocab_dir"]
   else:
     train_path, dev_path = data.train_path, data.dev_path
-    from bpr_jax.export import encoder_dir
+    from bpr_jax.export_format import encoder_dir
     tokenizer_dir = data.tokenizer_dir or (config.model.hf_dir and encoder_dir(config.model.hf_dir))
   if not tokenizer_dir:
     raise ValueError("config: data.tokenizer_dir (or model.hf_dir) is required")

@@ -125,12 +125,12 @@ def test_bad_arguments_are_refused(retriever):
 
 
 def test_pieces_that_do_not_belong_are_refused_before_the_model_loads(pieces, monkeypatch):
-  from bpr_jax import export
+  from bpr_jax import exported_model
 
   def _reached(*args, **kwargs):
     raise AssertionError("the model was loaded")
 
-  monkeypatch.setattr(export, "load_exported", _reached)
+  monkeypatch.setattr(exported_model, "load_exported", _reached)
   with pytest.raises(ProvenanceError, match=r"model .*--allow_mismatch"):
     Retriever.load(pieces["B"], pieces["I"], pieces["P"])
   other = pieces["root"] / "other.tsv"

@@ -11,7 +11,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file
 
-from bpr_jax import checkpoints, codes, export, parallel, train
+from bpr_jax import checkpoints, codes, export_format, exported_model, parallel, train
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder, pool
 from bpr_jax.tokenization import Tokenizer
@@ -86,10 +86,10 @@ def test_export_with_head_loads_and_matches_torch(parts, tmp_path):
   settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8, "passage_max_length": 16,
               "code_bits": 64, "hidden_size": 32, "shared_encoder": False}
   out = tmp_path / "model"
-  export.save_exported(q, p, tokenizer, settings, out)
+  export_format.save_exported(q, p, tokenizer, settings, out)
   tensors = load_file(str(out / "passage_encoder" / "model.safetensors"))
   assert tensors["dense.weight"].shape == (64, 32) and tensors["layer_norm.bias"].shape == (64,)
-  model = export.load_exported(out)
+  model = exported_model.load_exported(out)
   assert model.passage_encoder.code_bits == 64
   ours = model.encode_passages(TITLES, TEXTS)
   assert ours.shape == (3, 64)
@@ -109,11 +109,11 @@ def test_export_with_head_loads_and_matches_torch(parts, tmp_path):
   np.testing.assert_allclose(ours, expected, atol=1e-5)
   np.testing.assert_array_equal(codes.pack_codes(ours), np.packbits(expected >= 0, axis=1))
   # bpr.json that disagrees with the weights is refused
-  bad = json.loads((out / export.SETTINGS_FILE).read_text())
+  bad = json.loads((out / export_format.SETTINGS_FILE).read_text())
   bad["code_bits"] = 32
-  (out / export.SETTINGS_FILE).write_text(json.dumps(bad))
+  (out / export_format.SETTINGS_FILE).write_text(json.dumps(bad))
   with pytest.raises(ValueError, match="code_bits"):
-    export.load_exported(out)
+    exported_model.load_exported(out)
 
 
 def test_incomplete_head_is_an_error(parts):
@@ -154,8 +154,8 @@ def test_training_with_a_head_from_an_hf_encoder_without_one(tmp_path):
   assert q.code_bits == p.code_bits == 96 and settings["code_bits"] == 96
   # the heads were trained (each tower its own)
   assert not np.allclose(q.code_head.dense.kernel.get_value(), q_init.code_head.dense.kernel.get_value())
-  export.save_exported(q, p, tok, settings, tmp_path / "export")
-  model = export.load_exported(tmp_path / "export")
+  export_format.save_exported(q, p, tok, settings, tmp_path / "export")
+  model = exported_model.load_exported(tmp_path / "export")
   vecs = model.encode_passages(TITLES, TEXTS)
   assert vecs.shape == (3, 96) and codes.pack_codes(vecs).shape == (3, 12)
 
@@ -169,7 +169,7 @@ def test_doors_that_cannot_hold_a_head_refuse_it(parts, tmp_path):
     hf.write_dpr_files(head, tmp_path / "dpr")
   settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8, "passage_max_length": 16,
               "code_bits": 16, "hidden_size": 32, "shared_encoder": True}
-  export.save_exported(head, head, tokenizer, settings, tmp_path / "model")
+  export_format.save_exported(head, head, tokenizer, settings, tmp_path / "model")
   with pytest.raises(ValueError, match="code head"):
     sentence_transformers_export.export_sentence_transformers(tmp_path / "model", tmp_path / "st")
   assert not (tmp_path / "st").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bpr_jax import export, losses, teacher, train
+from bpr_jax import export_format, exported_model, losses, teacher, train
 from bpr_jax.data.dpr import DprJsonSource
 from bpr_jax.data.tiny import make_tiny_dataset
 from bpr_jax.models.bert import BertConfig, BertEncoder
@@ -110,7 +110,7 @@ def _export_teacher(vocab_dir, out, seed=0, hidden=64):
   model = BertEncoder(config, pooling="mean", rngs=nnx.Rngs(seed))
   settings = {"mode": "dpr", "pooling": "mean", "question_max_length": 12, "passage_max_length": 24,
               "code_bits": hidden, "hidden_size": hidden, "shared_encoder": True}
-  export.save_exported(model, model, tokenizer, settings, out)
+  export_format.save_exported(model, model, tokenizer, settings, out)
   return out
 
 
@@ -132,7 +132,7 @@ def test_teacher_cache_is_computed_once_and_recomputed_for_another_teacher(tiny_
   first = teacher.teacher_vectors(teacher_dir, source, cache, note=notes.append)
   questions, titles, texts = teacher.training_texts(source)
   assert first.questions.shape == (len(source), 64) and first.passages.shape == (len(texts), 64)
-  model = export.load_exported(teacher_dir)  # rows are the teacher's own vectors of those texts
+  model = exported_model.load_exported(teacher_dir)  # rows are the teacher's own vectors of those texts
   np.testing.assert_allclose(first.questions[:5], model.encode_questions(questions[:5]), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(first.passages[-3:], model.encode_passages(titles[-3:], texts[-3:]), rtol=1e-5, atol=1e-5)
   second = teacher.teacher_vectors(teacher_dir, source, cache, note=notes.append)
@@ -222,7 +222,7 @@ def test_mine_with_the_teacher_takes_its_top1_as_positive(tiny_teacher, tmp_path
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "qrels unused" in proc.stdout
-  model = export.load_exported(teacher_dir)
+  model = exported_model.load_exported(teacher_dir)
   scores = model.encode_questions(questions) @ model.encode_passages([p.title for p in passages],
                                                                      [p.text for p in passages]).T
   order = np.argsort(-scores, axis=1, kind="stable")
@@ -253,7 +253,7 @@ def test_mine_with_saved_teacher_embeddings_matches_and_checks_they_belong(tiny_
   paths, teacher_dir = tiny_teacher
   passages, _ = _tiny_beir(paths, tmp_path / "beir")
   codes = tmp_path / "codes"
-  encode.encode_corpus(export.load_exported(teacher_dir), str(tmp_path / "beir" / "corpus.jsonl"), codes,
+  encode.encode_corpus(exported_model.load_exported(teacher_dir), str(tmp_path / "beir" / "corpus.jsonl"), codes,
                        model_path=teacher_dir, batch_size=16, save_float=True, progress=False)
   kw = dict(beir_dir=str(tmp_path / "beir"), top_k=6, num_hard_negatives=3, similarity="cos")
   fresh, _ = mine_negatives.mine_teacher(str(teacher_dir), **kw)

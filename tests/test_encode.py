@@ -12,7 +12,8 @@ from flax import nnx
 from bpr_jax import encode as enc
 from bpr_jax.codes import pack_codes
 from bpr_jax.data.passages import iter_passages
-from bpr_jax.export import load_exported, save_exported
+from bpr_jax.export_format import save_exported
+from bpr_jax.exported_model import load_exported
 from bpr_jax.index import BinaryIndex, build_from_codes_dir, load_codes_dir
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.tokenization import Tokenizer

@@ -12,7 +12,8 @@ from bpr_jax import encode as enc
 from bpr_jax import evaluate as ev
 from bpr_jax import metrics
 from bpr_jax.data.examples import DataError
-from bpr_jax.export import load_exported, save_exported
+from bpr_jax.export_format import save_exported
+from bpr_jax.exported_model import load_exported
 from bpr_jax.codes import pack_codes
 from bpr_jax.index import BinaryIndex, build_from_codes_dir, build_index, save_index
 from bpr_jax.models.bert import BertConfig, BertEncoder

@@ -69,12 +69,12 @@ def pieces(tmp_path_factory, minilm_dir):
 _HARNESS = """
 import json, sys
 from absl import flags
-from bpr_jax import evaluate as ev, export
+from bpr_jax import evaluate as ev, exported_model
 
 def _reached(*args, **kwargs):
   raise AssertionError("REACHED: the model was loaded or questions encoded")
 
-export.load_exported = _reached
+exported_model.load_exported = _reached
 ev.run_evaluation = _reached
 ev._define_flags()
 out = []
@@ -166,7 +166,7 @@ def test_qa_file_faults_name_file_and_line(tmp_path):
 
 
 def test_retriever_refuses_pieces_that_do_not_belong(pieces):
-  from bpr_jax.export import load_exported
+  from bpr_jax.exported_model import load_exported
   from bpr_jax.provenance import ProvenanceError
   with pytest.raises(ProvenanceError, match=r"model .*--allow_mismatch"):
     Retriever.from_paths(pieces["B"], pieces["I"])

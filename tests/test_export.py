@@ -12,7 +12,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import save_file
 
-from bpr_jax import export
+from bpr_jax import export_format, exported_model, importers
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.tokenization import Tokenizer
@@ -46,7 +46,7 @@ def tiny(tmp_path_factory):
 def exported(tiny, tmp_path_factory):
   tokenizer, _, q, p, settings = tiny
   out = tmp_path_factory.mktemp("export") / "model"
-  export.save_exported(q, p, tokenizer, settings, out)
+  export_format.save_exported(q, p, tokenizer, settings, out)
   return out
 
 
@@ -59,7 +59,7 @@ def test_layout(exported, tiny):
   for name in ("question_encoder", "passage_encoder"):
     files = {p.name for p in (exported / name).iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
-  settings = json.loads((exported / export.SETTINGS_FILE).read_text())
+  settings = json.loads((exported / export_format.SETTINGS_FILE).read_text())
   for key, value in tiny[4].items():
     assert settings[key] == value
   assert not any(p.name.startswith(".") for p in exported.parent.iterdir())
@@ -67,7 +67,7 @@ def test_layout(exported, tiny):
 
 def test_round_trip_and_encode(exported, tiny):
   tokenizer, config, q, p, settings = tiny
-  model = export.load_exported(exported)
+  model = exported_model.load_exported(exported)
   assert model.settings["mode"] == "bpr" and model.question_encoder.config == config
   q_vecs = model.encode_questions(QUESTIONS, batch_size=3)  # 3 + 1 padded rows
   assert q_vecs.shape == (4, 32) and q_vecs.dtype == np.float32
@@ -88,7 +88,7 @@ def test_passage_encoder_loads_in_transformers(exported, tiny):
   with torch.no_grad():
     out = tm(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
   expected = out.last_hidden_state[:, 0].numpy()
-  ours = export.load_exported(exported).encode_passages(TITLES, TEXTS)
+  ours = exported_model.load_exported(exported).encode_passages(TITLES, TEXTS)
   np.testing.assert_allclose(ours, expected, atol=1e-5)
   hf_tok = transformers.AutoTokenizer.from_pretrained(str(exported / "passage_encoder"))
   assert hf_tok("binary passage", "about search")["input_ids"] == \
@@ -99,41 +99,41 @@ def test_shared_encoder_and_mean_pooling(tmp_path, tiny):
   tokenizer, config, q, _, settings = tiny
   mean = BertEncoder(config, pooling="mean", rngs=nnx.Rngs(2))
   shared = {**settings, "shared_encoder": True, "pooling": "mean", "mode": "dpr", "code_bits": 0}
-  export.save_exported(mean, mean, tokenizer, shared, tmp_path / "m")
-  model = export.load_exported(tmp_path / "m")
+  export_format.save_exported(mean, mean, tokenizer, shared, tmp_path / "m")
+  model = exported_model.load_exported(tmp_path / "m")
   assert model.question_encoder is model.passage_encoder
   batch = tokenizer.questions(QUESTIONS, 8)
   np.testing.assert_allclose(model.encode_questions(QUESTIONS), _direct(mean, batch), atol=1e-5)
   with pytest.raises(ValueError, match="pooling"):
-    export.save_exported(q, q, tokenizer, shared, tmp_path / "bad")
+    export_format.save_exported(q, q, tokenizer, shared, tmp_path / "bad")
   assert not (tmp_path / "bad").exists()
 
 
 def test_errors(tmp_path, exported, tiny):
   tokenizer, _, q, p, settings = tiny
   with pytest.raises(FileNotFoundError, match="not found"):
-    export.load_exported(tmp_path / "absent")
+    exported_model.load_exported(tmp_path / "absent")
   with pytest.raises(FileNotFoundError, match="bpr.json"):
-    export.load_exported(tmp_path)
+    exported_model.load_exported(tmp_path)
   with pytest.raises(ValueError, match="missing settings code_bits"):
-    export.save_exported(q, p, tokenizer, {k: v for k, v in settings.items() if k != "code_bits"},
-                         tmp_path / "x")
+    export_format.save_exported(q, p, tokenizer, {k: v for k, v in settings.items() if k != "code_bits"},
+                                tmp_path / "x")
   with pytest.raises(ValueError, match="mode"):
-    export.save_exported(q, p, tokenizer, {**settings, "mode": "colbert"}, tmp_path / "x")
+    export_format.save_exported(q, p, tokenizer, {**settings, "mode": "colbert"}, tmp_path / "x")
   with pytest.raises(ValueError, match="hidden_size"):
-    export.save_exported(q, p, tokenizer, {**settings, "hidden_size": 64}, tmp_path / "x")
+    export_format.save_exported(q, p, tokenizer, {**settings, "hidden_size": 64}, tmp_path / "x")
   broken = tmp_path / "broken"
-  export.save_exported(q, p, tokenizer, settings, broken)
+  export_format.save_exported(q, p, tokenizer, settings, broken)
   (broken / "passage_encoder" / "model.safetensors").unlink()
   with pytest.raises(FileNotFoundError, match="passage_encoder"):
-    export.load_exported(broken)
+    exported_model.load_exported(broken)
   for piece in ("passage_encoder", "question_encoder"):
     shutil.rmtree(broken / piece)
     with pytest.raises(FileNotFoundError, match=piece):
-      export.load_exported(broken)
+      exported_model.load_exported(broken)
   (broken / "bpr.json").write_text("{not json")
   with pytest.raises(ValueError, match="bpr.json"):
-    export.load_exported(broken)
+    exported_model.load_exported(broken)
 
 
 def test_import_dpr(tmp_path, tiny):
@@ -147,14 +147,14 @@ def test_import_dpr(tmp_path, tiny):
                                                 "projection_dim": 0}))
   vocab_dir = tmp_path / "vocab"
   tokenizer.save(vocab_dir)
-  export.import_dpr(ckpt, tmp_path / "out", tokenizer_dir=vocab_dir, max_length=16)
-  model = export.load_exported(tmp_path / "out")
+  importers.import_dpr(ckpt, tmp_path / "out", tokenizer_dir=vocab_dir, max_length=16)
+  model = exported_model.load_exported(tmp_path / "out")
   assert model.settings["code_bits"] == 32 and model.settings["passage_max_length"] == 16
   np.testing.assert_allclose(model.encode_passages(TITLES, TEXTS),
                              _direct(p, tokenizer.passages(TITLES, TEXTS, 16)), atol=1e-5)
   with pytest.raises(FileNotFoundError, match="config.json"):
     (ckpt / "config.json").unlink()
-    export.import_dpr(ckpt, tmp_path / "out2", tokenizer_dir=vocab_dir)
+    importers.import_dpr(ckpt, tmp_path / "out2", tokenizer_dir=vocab_dir)
 
 
 def test_export_of_an_off_the_shelf_hf_encoder(tmp_path, minilm_dir):
@@ -162,7 +162,7 @@ def test_export_of_an_off_the_shelf_hf_encoder(tmp_path, minilm_dir):
   import subprocess
   import sys
 
-  from bpr_jax.export import load_exported
+  from bpr_jax.exported_model import load_exported
   from bpr_jax.models.hf import load_bert
   out = tmp_path / "minilm"
   proc = subprocess.run([sys.executable, "-m", "bpr_jax.export", f"--hf_model={minilm_dir}", "--pooling=mean",
@@ -182,7 +182,7 @@ def test_export_of_an_off_the_shelf_hf_encoder(tmp_path, minilm_dir):
 
 
 def test_length_buckets_do_not_change_embeddings(tmp_path, minilm_dir):
-  from bpr_jax.export import encode_batches, make_encode_fn
+  from bpr_jax.exported_model import encode_batches, make_encode_fn
   from bpr_jax.models.hf import load_bert
   model = load_bert(minilm_dir, pooling="mean")
   tok = Tokenizer.from_dir(minilm_dir)
@@ -195,7 +195,7 @@ def test_length_buckets_do_not_change_embeddings(tmp_path, minilm_dir):
 
 
 def test_warmup_compiles_every_serving_shape(tmp_path):
-  from bpr_jax.export import MIN_BUCKET
+  from bpr_jax.exported_model import MIN_BUCKET
   vocab = tmp_path / "vocab"
   vocab.mkdir()
   (vocab / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
@@ -204,8 +204,8 @@ def test_warmup_compiles_every_serving_shape(tmp_path):
   model = BertEncoder(cfg, rngs=nnx.Rngs(0))
   settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 64, "passage_max_length": 64,
               "code_bits": 16, "hidden_size": 16, "shared_encoder": True}
-  export.save_exported(model, model, Tokenizer.from_dir(vocab), settings, tmp_path / "e")
-  exported = export.load_exported(tmp_path / "e")
+  export_format.save_exported(model, model, Tokenizer.from_dir(vocab), settings, tmp_path / "e")
+  exported = exported_model.load_exported(tmp_path / "e")
   assert MIN_BUCKET == 16
   # Oracle: XLA's own compile events (jax.monitoring), not the function's count.
   with _count_compiles() as warm:
@@ -286,7 +286,7 @@ def test_dpr_encoders_in_as_a_command_give_torch_vectors(tmp_path, dpr_dirs):
   proc = _run_export(f"--dpr_question_encoder={root / 'question'}", f"--dpr_ctx_encoder={root / 'ctx'}",
                      f"--tokenizer={root / 'tokenizer'}", "--mode=dpr", "--max_length=16", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  model = export.load_exported(out)
+  model = exported_model.load_exported(out)
   assert model.settings["mode"] == "dpr" and model.settings["pooling"] == "cls"
   assert model.settings["code_bits"] == 32 and not model.settings["shared_encoder"]
   titles, texts = TITLES, TEXTS
@@ -324,8 +324,8 @@ def test_dpr_layout_round_trip(tmp_path, tiny):
   tc = transformers.DPRContextEncoder.from_pretrained(str(tmp_path / "c")).eval()
   np.testing.assert_allclose(_torch_pooled(tq, batch), _direct(q, batch), atol=1e-5)
   np.testing.assert_allclose(_torch_pooled(tc, batch), _direct(p, batch), atol=1e-5)
-  export.import_dpr((tmp_path / "q", tmp_path / "c"), tmp_path / "back", max_length=16)
-  back = export.load_exported(tmp_path / "back")
+  importers.import_dpr((tmp_path / "q", tmp_path / "c"), tmp_path / "back", max_length=16)
+  back = exported_model.load_exported(tmp_path / "back")
   np.testing.assert_allclose(back.encode_passages(TITLES, TEXTS), _direct(p, batch), atol=1e-6)
   mean = BertEncoder(q.config, pooling="mean", rngs=nnx.Rngs(3))
   with pytest.raises(ValueError, match="CLS"):
@@ -362,7 +362,7 @@ def test_training_starts_from_an_export(tmp_path, exported, tiny):
                                 hf.state_dict_from_bert(q)["encoder.layer.1.output.dense.weight"])
   # A plain HF BERT dir is used as is, for both encoders.
   save_bert_dir(p, tmp_path / "bert", tokenizer=tokenizer)
-  assert export.encoder_dir(tmp_path / "bert", "passage") == str(tmp_path / "bert")
+  assert export_format.encoder_dir(tmp_path / "bert", "passage") == str(tmp_path / "bert")
   c.model.hf_dir, c.model.shared_encoder = str(tmp_path / "bert"), False
   biencoder, params = train.build_biencoder(c, bert, load_weights=True, mesh=parallel.make_mesh())
   params = jax.tree.map(np.asarray, params)

@@ -13,7 +13,7 @@ import sys
 import pytest
 from flax import nnx
 
-from bpr_jax import export, provenance
+from bpr_jax import export, export_format, exported_model, importers, provenance
 from bpr_jax.models import hf
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.tokenization import Tokenizer
@@ -40,7 +40,7 @@ def assert_one_line_error(proc, *fragments):
 
 
 def source_of(out):
-  return json.loads((pathlib.Path(out) / export.SETTINGS_FILE).read_text())["inputs"]["source"]
+  return json.loads((pathlib.Path(out) / export_format.SETTINGS_FILE).read_text())["inputs"]["source"]
 
 
 @pytest.fixture(scope="module")
@@ -80,26 +80,26 @@ def test_rerun_of_the_same_export_reuses_it(run, tmp_path):
   assert source["kind"] == "checkpoint" and source["step"] == 2
   assert source["workdir"] == str(pathlib.Path(run).resolve())
   assert source["checkpoint"]["path"].endswith("checkpoints/2") and source["checkpoint"]["files"] > 0
-  before = (out / export.SETTINGS_FILE).stat().st_mtime_ns
+  before = (out / export_format.SETTINGS_FILE).stat().st_mtime_ns
   proc = run_export(f"--workdir={run}", "--step=2", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"{out}: already exported from checkpoint {pathlib.Path(run).resolve()} step 2 (reused)" in proc.stdout
-  assert (out / export.SETTINGS_FILE).stat().st_mtime_ns == before
+  assert (out / export_format.SETTINGS_FILE).stat().st_mtime_ns == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
 
 
 def test_export_of_another_step_is_refused_unless_overwrite(run, tmp_path):
   out = tmp_path / "e"
   export.export_run(run, out, step=2)
-  before = (out / export.SETTINGS_FILE).read_text()
+  before = (out / export_format.SETTINGS_FILE).read_text()
   line = assert_one_line_error(run_export(f"--workdir={run}", "--step=4", f"--output={out}"),
                                "source", "step 2", "step 4", "--overwrite")
   assert "source changed: checkpoint, step" in line
-  assert (out / export.SETTINGS_FILE).read_text() == before
+  assert (out / export_format.SETTINGS_FILE).read_text() == before
   proc = run_export(f"--workdir={run}", f"--output={out}", "--overwrite")  # latest: step 4
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert source_of(out)["step"] == 4
-  assert export.load_exported(out).settings["inputs"]["source"]["step"] == 4
+  assert exported_model.load_exported(out).settings["inputs"]["source"]["step"] == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # replaced atomically, no debris
 
 
@@ -127,7 +127,7 @@ def test_hf_model_without_pooling_uses_the_models_own(minilm_dir, tmp_path):
   out = tmp_path / "minilm"
   proc = run_export(f"--hf_model={minilm_dir}", "--max_length=16", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  settings = json.loads((out / export.SETTINGS_FILE).read_text())
+  settings = json.loads((out / export_format.SETTINGS_FILE).read_text())
   assert settings["pooling"] == "mean" and settings["inputs"]["source"]["pooling"] == "mean"
   source = settings["inputs"]["source"]
   assert source["kind"] == "hf" and source["max_length"] == 16 and source["mode"] == "bpr"
@@ -163,61 +163,61 @@ def test_read_pooling_of_each_sentence_transformers_layout(tmp_path):
   with pytest.raises(ValueError, match="1_Pooling/config.json: pooling 'max' is not supported"):
     hf.read_pooling(tmp_path / "max")
   # the export's default and notes
-  assert export.hf_pooling(tmp_path / "st_folder") == ("mean", None)
-  pooling, note = export.hf_pooling(tmp_path / "none")
+  assert importers.hf_pooling(tmp_path / "st_folder") == ("mean", None)
+  pooling, note = importers.hf_pooling(tmp_path / "none")
   assert pooling == "cls" and "no sentence-transformers pooling config" in note
-  pooling, note = export.hf_pooling(tmp_path / "st_folder", "cls")
+  pooling, note = importers.hf_pooling(tmp_path / "st_folder", "cls")
   assert pooling == "cls" and "pools 'mean'" in note and "as asked" in note
-  assert export.hf_pooling(tmp_path / "max", "mean")[0] == "mean"
+  assert importers.hf_pooling(tmp_path / "max", "mean")[0] == "mean"
   with pytest.raises(ValueError, match="max"):
-    export.hf_pooling(tmp_path / "max")
+    importers.hf_pooling(tmp_path / "max")
 
 
 def test_model_fingerprint_is_the_same_across_sources(tiny_bert, tmp_path):
   model, bert_dir = tiny_bert
   copy = tmp_path / "copy"
   shutil.copytree(bert_dir, copy)
-  assert export.import_hf_encoder(bert_dir, tmp_path / "a", max_length=16) == "create"
-  assert export.import_hf_encoder(copy, tmp_path / "b", max_length=16) == "create"
+  assert importers.import_hf_encoder(bert_dir, tmp_path / "a", max_length=16) == "create"
+  assert importers.import_hf_encoder(copy, tmp_path / "b", max_length=16) == "create"
   assert source_of(tmp_path / "a")["model"]["path"] != source_of(tmp_path / "b")["model"]["path"]
   fingerprint = provenance.model_fingerprint(tmp_path / "a")
   assert provenance.model_fingerprint(tmp_path / "b")["sha256"] == fingerprint["sha256"]
   # the same weights and settings recorded as coming from a training run
-  settings = export.read_settings(tmp_path / "a")
+  settings = export_format.read_settings(tmp_path / "a")
   del settings["inputs"]
-  export.save_exported(model, model, Tokenizer.from_dir(bert_dir), settings, tmp_path / "c",
-                       inputs={"source": {"kind": "checkpoint", "workdir": "/elsewhere", "step": 1}})
+  export_format.save_exported(model, model, Tokenizer.from_dir(bert_dir), settings, tmp_path / "c",
+                              inputs={"source": {"kind": "checkpoint", "workdir": "/elsewhere", "step": 1}})
   assert source_of(tmp_path / "c")["kind"] == "checkpoint"
   assert provenance.model_fingerprint(tmp_path / "c")["sha256"] == fingerprint["sha256"]
   # another setting is another model
-  export.import_hf_encoder(bert_dir, tmp_path / "d", max_length=8)
+  importers.import_hf_encoder(bert_dir, tmp_path / "d", max_length=8)
   assert provenance.model_fingerprint(tmp_path / "d")["sha256"] != fingerprint["sha256"]
 
 
 def test_library_imports_follow_the_overwrite_rule(tiny_bert, tmp_path):
   model, bert_dir = tiny_bert
   out = tmp_path / "e"
-  assert export.import_hf_encoder(bert_dir, out, pooling="mean", max_length=16) == "create"
-  assert export.import_hf_encoder(bert_dir, out, pooling="mean", max_length=16) == "reuse"
+  assert importers.import_hf_encoder(bert_dir, out, pooling="mean", max_length=16) == "create"
+  assert importers.import_hf_encoder(bert_dir, out, pooling="mean", max_length=16) == "reuse"
   with pytest.raises(provenance.ProvenanceError, match="source changed: pooling"):
-    export.import_hf_encoder(bert_dir, out, pooling="cls", max_length=16)
-  assert export.import_hf_encoder(bert_dir, out, pooling="cls", max_length=16, overwrite=True) == "overwrite"
-  assert export.read_settings(out)["pooling"] == "cls"
+    importers.import_hf_encoder(bert_dir, out, pooling="cls", max_length=16)
+  assert importers.import_hf_encoder(bert_dir, out, pooling="cls", max_length=16, overwrite=True) == "overwrite"
+  assert export_format.read_settings(out)["pooling"] == "cls"
   # DPR import: kind "dpr", reused when run again
   tokenizer = Tokenizer.from_dir(bert_dir)
   hf.save_dpr(model, tmp_path / "q", kind="question", tokenizer=tokenizer)
   hf.save_dpr(model, tmp_path / "c", kind="ctx")
   pair = (tmp_path / "q", tmp_path / "c")
-  assert export.import_dpr(pair, tmp_path / "dpr", max_length=16) == "create"
+  assert importers.import_dpr(pair, tmp_path / "dpr", max_length=16) == "create"
   source = source_of(tmp_path / "dpr")
   assert source["kind"] == "dpr" and source["pooling"] == "cls" and source["tokenizer"]["files"] > 0
-  assert export.import_dpr(pair, tmp_path / "dpr", max_length=16) == "reuse"
+  assert importers.import_dpr(pair, tmp_path / "dpr", max_length=16) == "reuse"
   with pytest.raises(provenance.ProvenanceError, match="Hugging Face model"):
-    export.import_dpr(pair, out, max_length=16)
+    importers.import_dpr(pair, out, max_length=16)
   # a folder that is not an export is never replaced, even with overwrite
   other = tmp_path / "other"
   other.mkdir()
   (other / "notes.txt").write_text("keep")
   with pytest.raises(FileExistsError, match="not an exported model"):
-    export.import_hf_encoder(bert_dir, other, max_length=16, overwrite=True)
+    importers.import_hf_encoder(bert_dir, other, max_length=16, overwrite=True)
   assert (other / "notes.txt").read_text() == "keep"

@@ -75,3 +75,100 @@ def test_readme_is_for_users_and_its_table_names_real_files():
   for name in named:
     assert (REPO / name).exists() or (REPO / "bpr_jax" / name).exists(), f"README names {name}"
   assert (REPO / "benchmarks" / "README.md").is_file()
+
+
+def module_imports(root: pathlib.Path) -> dict[str, set[str]]:
+  """The import graph of the package (or benchmarks folder) `root`: module -> the modules of the
+  same package it imports, as ast sees them anywhere in its text (inside functions too):
+  `import P.x`, `from P.x import y` (y itself when it is a submodule), `from P import x`, and
+  relative imports. Importing a submodule is an edge to it alone, not to its parent packages."""
+  modules: dict[str, tuple[pathlib.Path, bool]] = {}
+  for path in sorted(root.rglob("*.py")):
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    is_package = parts[-1] == "__init__"
+    modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+
+  def known(name: str) -> str | None:  # `P.x.y` -> the longest module prefix of it
+    while name and name not in modules:
+      name = name.rpartition(".")[0]
+    return name or None
+
+  graph = {}
+  for name, (path, is_package) in modules.items():
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+      if isinstance(node, ast.Import):
+        edges.update(known(alias.name) for alias in node.names)
+      elif isinstance(node, ast.ImportFrom):
+        if node.level:
+          base = name.split(".")[:None if is_package else -1]
+          base = base[:len(base) - node.level + 1]
+          source = ".".join(base + ([node.module] if node.module else []))
+        else:
+          source = node.module or ""
+        for alias in node.names:
+          edges.add(known(f"{source}.{alias.name}") if f"{source}.{alias.name}" in modules else known(source))
+    graph[name] = edges - {None, name}
+  return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str]:
+  """One circle of `graph` as [a, b, ..., a] (depth-first, in sorted order), or []."""
+  state: dict[str, int] = {}  # 1: on the current path, 2: done
+  path: list[str] = []
+
+  def visit(node: str) -> list[str]:
+    state[node] = 1
+    path.append(node)
+    for nxt in sorted(graph.get(node, ())):
+      if state.get(nxt) == 1:
+        return path[path.index(nxt):] + [nxt]
+      if nxt not in state:
+        found = visit(nxt)
+        if found:
+          return found
+    path.pop()
+    state[node] = 2
+    return []
+
+  for node in sorted(graph):
+    if node not in state:
+      found = visit(node)
+      if found:
+        return found
+  return []
+
+
+def test_no_import_circles_in_the_package_or_the_benchmarks():
+  """Modules of bpr_jax (and of benchmarks/) import one another without a circle, counting
+  imports inside functions: a lazy import still makes the modules depend on each other."""
+  graph = module_imports(REPO / "bpr_jax")
+  assert len(graph) > 10 and "bpr_jax.models.build" in graph["bpr_jax.checkpoints"]
+  for root in ("bpr_jax", "benchmarks"):
+    circle = import_cycle(module_imports(REPO / root))
+    assert not circle, f"import circle in {root}/: {' -> '.join(circle)}"
+
+
+def test_the_circle_check_sees_each_kind_of_import(tmp_path):
+  pkg = tmp_path / "pkg"
+  (pkg / "sub").mkdir(parents=True)
+  (pkg / "__init__.py").write_text("")
+  (pkg / "sub" / "__init__.py").write_text("from .c import C\n")
+  for text, edge in (("import pkg.b\n", "pkg.b"), ("from pkg.b import x\n", "pkg.b"),
+                     ("from pkg import b\n", "pkg.b"), ("from . import b\n", "pkg.b"),
+                     ("from .sub.c import C\n", "pkg.sub.c"), ("from pkg.sub import c\n", "pkg.sub.c"),
+                     ("from pkg.sub import C\n", "pkg.sub"),
+                     ("def f():\n  from pkg.b import x  # lazy\n", "pkg.b")):
+    (pkg / "a.py").write_text(text)
+    (pkg / "b.py").write_text("import os\n")
+    (pkg / "sub" / "c.py").write_text("from .. import a\n")
+    graph = module_imports(pkg)
+    assert edge in graph["pkg.a"], text
+    assert graph["pkg.sub.c"] == {"pkg.a"}
+  (pkg / "b.py").write_text("def g():\n  import pkg.a\n")
+  (pkg / "a.py").write_text("from pkg import b\n")
+  assert import_cycle(module_imports(pkg)) == ["pkg.a", "pkg.b", "pkg.a"]
+  (pkg / "b.py").write_text("import pkg.sub.c\n")  # a -> b -> sub.c -> a
+  assert import_cycle(module_imports(pkg)) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
+  (pkg / "sub" / "c.py").write_text("import os\n")
+  assert import_cycle(module_imports(pkg)) == []

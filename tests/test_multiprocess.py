@@ -24,7 +24,7 @@ import pytest
 from flax import nnx
 
 from bpr_jax.data.tiny import make_tiny_dataset
-from bpr_jax.export import save_exported
+from bpr_jax.export_format import save_exported
 from bpr_jax.models.bert import BertConfig, BertEncoder
 from bpr_jax.tokenization import Tokenizer
 

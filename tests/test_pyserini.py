@@ -12,7 +12,7 @@ import torch
 import transformers
 from flax import nnx
 
-from bpr_jax import export
+from bpr_jax import export_format, exported_model
 from bpr_jax import pyserini
 from bpr_jax.codes import pack_codes
 from bpr_jax.index import BinaryIndex, build_index, save_index
@@ -38,9 +38,9 @@ def setup(tmp_path_factory):
                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
   settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 12, "passage_max_length": 16,
               "code_bits": 64, "hidden_size": 64, "shared_encoder": False}
-  export.save_exported(BertEncoder(config, rngs=nnx.Rngs(0)), BertEncoder(config, rngs=nnx.Rngs(1)),
-                       tokenizer, settings, root / "model")
-  model = export.load_exported(root / "model")
+  export_format.save_exported(BertEncoder(config, rngs=nnx.Rngs(0)), BertEncoder(config, rngs=nnx.Rngs(1)),
+                              tokenizer, settings, root / "model")
+  model = exported_model.load_exported(root / "model")
   rng = np.random.default_rng(0)
   titles = [" ".join(rng.choice(WORDS, 2)) if i % 3 else "" for i in range(N)]
   texts = [" ".join(rng.choice(WORDS, 6)) for i in range(N)]
@@ -153,8 +153,8 @@ def test_errors(tmp_path, setup):
   index = BinaryIndex.from_arrays(pack_codes(vectors[:, :32]), [str(i) for i in range(N)])
   with pytest.raises(ValueError, match="32-bit codes but the question encoder gives 64-d"):
     pyserini.write_pyserini(index, model, tmp_path / "out")
-  mean = export.ExportedModel(model.question_encoder, model.passage_encoder, model.tokenizer,
-                              {**model.settings, "pooling": "mean"})
+  mean = exported_model.ExportedModel(model.question_encoder, model.passage_encoder, model.tokenizer,
+                                      {**model.settings, "pooling": "mean"})
   with pytest.raises(ValueError, match="pooling"):
     pyserini.write_pyserini(BinaryIndex.from_arrays(pack_codes(vectors)), mean, tmp_path / "out")
   spaced = BinaryIndex.from_arrays(pack_codes(vectors), [f"id {i} " for i in range(N)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bpr_jax import export
+from bpr_jax import export_format, exported_model, importers
 from bpr_jax import sentence_transformers_export as st_export
 from bpr_jax.codes import pack_codes
 from bpr_jax.models.bert import BertConfig, BertEncoder
@@ -43,8 +43,8 @@ def _tiny_export(out, pooling="cls", shared=False, seed=0):
   p = q if shared else BertEncoder(config, pooling=pooling, rngs=nnx.Rngs(seed + 1))
   settings = {"mode": "bpr", "pooling": pooling, "question_max_length": 8, "passage_max_length": 12,
               "code_bits": 32, "hidden_size": 32, "shared_encoder": shared}
-  export.save_exported(q, p, tokenizer, settings, out)
-  return export.load_exported(out)
+  export_format.save_exported(q, p, tokenizer, settings, out)
+  return exported_model.load_exported(out)
 
 
 def _st_passages(model, titles, texts):
@@ -111,7 +111,7 @@ def test_threshold_convention_at_exact_zero():
 def test_minilm_export_matches_the_published_sentence_transformers_pipeline(tmp_path, minilm_dir):
   """An off-the-shelf MiniLM export (mean pooling) through the door equals MiniLM in
   sentence-transformers built from the original files: same vectors, same ubinary codes."""
-  export.import_hf_encoder(minilm_dir, tmp_path / "e", pooling="mean", max_length=64)
+  importers.import_hf_encoder(minilm_dir, tmp_path / "e", pooling="mean", max_length=64)
   st_export.export_sentence_transformers(tmp_path / "e", tmp_path / "st")
   ours = SentenceTransformer(str(tmp_path / "st" / "question"), device="cpu")
   from sentence_transformers import models
@@ -122,7 +122,7 @@ def test_minilm_export_matches_the_published_sentence_transformers_pipeline(tmp_
   a = ours.encode(texts, convert_to_numpy=True)
   b = reference.encode(texts, convert_to_numpy=True)
   np.testing.assert_allclose(a, b, atol=1e-5)
-  project = export.load_exported(tmp_path / "e").encode_questions(texts)
+  project = exported_model.load_exported(tmp_path / "e").encode_questions(texts)
   np.testing.assert_allclose(a, project, atol=1e-4)
   _assert_same_codes(project, quantize_embeddings(a, precision="ubinary"))
 
@@ -149,7 +149,7 @@ def test_an_export_with_a_code_head_is_refused(tmp_path, code_bits):
   q = BertEncoder(config, code_bits=code_bits, rngs=nnx.Rngs(0))
   settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8, "passage_max_length": 12,
               "code_bits": code_bits, "hidden_size": 32, "shared_encoder": True}
-  export.save_exported(q, q, tokenizer, settings, tmp_path / "model")
+  export_format.save_exported(q, q, tokenizer, settings, tmp_path / "model")
   with pytest.raises(ValueError, match=f"{code_bits}-dim code head"):
     st_export.export_sentence_transformers(tmp_path / "model", tmp_path / "out")
   assert not (tmp_path / "out").exists()

@@ -40,7 +40,7 @@ def pieces(tmp_path_factory) -> dict[str, pathlib.Path]:
   """A tiny exported model, a flat index of its codes and the passage file (TSV)."""
   from flax import nnx
 
-  from bpr_jax import export
+  from bpr_jax import export_format, exported_model
   from bpr_jax.codes import pack_codes
   from bpr_jax.index import build_index, save_index
   from bpr_jax.models.bert import BertConfig, BertEncoder
@@ -56,13 +56,13 @@ def pieces(tmp_path_factory) -> dict[str, pathlib.Path]:
   encoder = BertEncoder(config, rngs=nnx.Rngs(0))
   settings = {"mode": "bpr", "pooling": "cls", "question_max_length": 8, "passage_max_length": 16,
               "code_bits": 32, "hidden_size": 32, "shared_encoder": True}
-  export.save_exported(encoder, encoder, tokenizer, settings, root / "model")
+  export_format.save_exported(encoder, encoder, tokenizer, settings, root / "model")
   titles = [f"{WORDS[i % 18]} title" for i in range(N_PASSAGES)]
   texts = [f"{WORDS[(3 * i) % 18]} {WORDS[(5 * i) % 18]} text" for i in range(N_PASSAGES)]
   ids = [f"p{i}" for i in range(N_PASSAGES)]
   (root / "psgs.tsv").write_text("id\ttext\ttitle\n" + "".join(
       f"{i}\t{x}\t{t}\n" for i, x, t in zip(ids, texts, titles)))
-  model = export.load_exported(root / "model")
+  model = exported_model.load_exported(root / "model")
   codes = pack_codes(model.encode_passages(titles, texts))
   save_index(root / "index", build_index(codes, "flat"), codes, ids)
   return {"model": root / "model", "index": root / "index", "passages": root / "psgs.tsv"}

@@ -8,7 +8,7 @@ from typing import Iterable
 from absl import logging
 
 from bpr_jax.data.examples import Example, Passage, check_index, data_error, json_object
-from bpr_jax.data.passages import _iter_jsonl, parse_corpus_line
+from bpr_jax.data.passage_files import _iter_jsonl, parse_corpus_line
 
 __all__ = ["load_corpus", "load_queries", "load_qrels", "BeirSource"]
 

@@ -50,7 +50,7 @@ def _with_dropout(bert: BertConfig, dropout: float, attention_dropout: float | N
 def encoder_configs(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> BertConfig:
   """The BertConfig the encoders are built with (dropout from the config when set)."""
   if config.model.init == "hf":
-    from bpr_jax.export import encoder_dir
+    from bpr_jax.export_format import encoder_dir  # pylint: disable=import-outside-toplevel
     path = os.path.join(encoder_dir(config.model.hf_dir), "config.json")  # an export: its question encoder
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path}: model config not found (model.hf_dir)")
@@ -84,7 +84,7 @@ def build_biencoder(config: ml_collections.ConfigDict, bert: BertConfig, *, load
     return biencoder, jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                    abstract_params, shardings)
   if load_weights and config.model.init == "hf":
-    from bpr_jax.export import encoder_dir
+    from bpr_jax.export_format import encoder_dir  # pylint: disable=import-outside-toplevel
     from bpr_jax.models import hf
     # An exported dir (bpr.json) gives its two encoders; a HF BERT dir gives both.
     dirs = [encoder_dir(config.model.hf_dir, w) for w in (("question",) if shared else ("question", "passage"))]

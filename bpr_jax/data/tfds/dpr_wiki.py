@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from bpr_jax.data.passages import iter_passages
+from bpr_jax.data.passage_files import iter_passage_file
 from bpr_jax.data.tfds import _common
 
 
@@ -52,5 +52,5 @@ class DprWiki(tfds.core.GeneratorBasedBuilder):
     return {"train": self._generate_examples(_common.resolve(dl_manager, cfg.filename, cfg.url))}
 
   def _generate_examples(self, path: str):
-    for index, p in enumerate(iter_passages(path)):
+    for index, p in enumerate(iter_passage_file(path)):
       yield index, {"index": index, "passage_id": p.id, "title": p.title, "text": p.text}

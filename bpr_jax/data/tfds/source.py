@@ -40,7 +40,8 @@ class TfdsSource:
   def __init__(self, dataset: str | Any = "dpr_retriever/nq", split: str = "train", *,
                data_dir: str | os.PathLike | None = None):
     if isinstance(dataset, str):
-      import bpr_jax.data.tfds  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      # registers the builders with TFDS (their modules: the package itself imports this one)
+      from bpr_jax.data.tfds import dpr_qas, dpr_retriever, dpr_wiki  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
       self._source = tfds.data_source(dataset, split=split, data_dir=None if data_dir is None else os.fspath(data_dir))
       self.name = f"tfds:{dataset}/{split}"
     else:
