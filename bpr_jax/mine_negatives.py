@@ -35,6 +35,8 @@ line number). The output is written to a temporary name and renamed.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 import time
 from typing import Iterable, Sequence
 
@@ -323,10 +325,43 @@ def define_flags() -> None:
                     "sentence-transformers models).")
   flags.DEFINE_string("teacher_embeddings", None, "Teacher mode: an `encode --save_float` output of --teacher "
                       "over the corpus, used instead of encoding it.")
+  flags.DEFINE_bool("overwrite", False, "Replace an --output mined from other inputs.")
   flags.DEFINE_integer("batch_size", 64, "Teacher mode: encoding batch size.")
 
 
+def inputs_path(output: str) -> str:
+  """Where the inputs record of a mined file lives: ``OUTPUT.inputs.json`` beside it (a DPR JSON
+  file is an array, so it cannot hold the record itself)."""
+  return f"{output}.inputs.json"
+
+
+def mining_inputs(*, beir_dir: str | None = None, split: str = "train", dpr_qas: str | None = None,
+                  passages: str | None = None, questions: str | None = None, teacher: str | None = None,
+                  teacher_embeddings: str | None = None, settings: dict | None = None) -> dict:
+  """The inputs record of a mining run: fingerprints of every file it reads, and its settings."""
+  from bpr_jax import provenance  # pylint: disable=import-outside-toplevel
+  files = {}
+  if beir_dir:
+    root = os.path.abspath(beir_dir)
+    for name in ("corpus.jsonl", "queries.jsonl", os.path.join("qrels", f"{split}.tsv")):
+      path = os.path.join(root, name)
+      if os.path.isfile(path):
+        files[name] = provenance.fingerprint_file(path)
+  for key, path in (("dpr_qas", dpr_qas), ("passages", passages), ("questions", questions)):
+    if path:
+      files[key] = provenance.fingerprint_passages(path) if key == "passages" else provenance.fingerprint_file(path)
+  record = {"files": files, "settings": dict(settings or {}, split=split if beir_dir else None)}
+  if teacher:
+    record["teacher"] = provenance.model_fingerprint(teacher)
+  if teacher_embeddings:
+    manifest = os.path.join(teacher_embeddings, "manifest.json")
+    if os.path.isfile(manifest):
+      record["teacher_embeddings"] = provenance.fingerprint_file(manifest)
+  return record
+
+
 def main(argv: Sequence[str]) -> None:
+  from bpr_jax import io, provenance  # pylint: disable=import-outside-toplevel
   from bpr_jax.cli import CommandError  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -334,6 +369,22 @@ def main(argv: Sequence[str]) -> None:
     raise CommandError("--output is required")
   if FLAGS.num_hard_negatives < 0:
     raise CommandError("--num_hard_negatives must be >= 0")
+  for flag in ("beir_dir", "dpr_qas", "passages", "questions", "teacher", "teacher_embeddings"):
+    value = FLAGS[flag].value
+    if value and not value.startswith("tfds:") and not os.path.exists(value):
+      raise FileNotFoundError(f"--{flag}={value}: no such file or folder")
+  settings = {k: FLAGS[k].value for k in ("num_hard_negatives", "num_positives", "depth", "skip_missing",
+                                          "match", "top_k", "skip_ranks", "similarity")}
+  current = mining_inputs(beir_dir=FLAGS.beir_dir, split=FLAGS.split, dpr_qas=FLAGS.dpr_qas,
+                          passages=FLAGS.passages, questions=FLAGS.questions, teacher=FLAGS.teacher,
+                          teacher_embeddings=FLAGS.teacher_embeddings, settings=settings)
+  record_path = inputs_path(FLAGS.output)
+  recorded = io.read_json(record_path) if os.path.isfile(record_path) else None
+  action = provenance.check_output(FLAGS.output, recorded, current, what="mined training data",
+                                   overwrite=FLAGS.overwrite)
+  if action == "reuse":
+    print(f"{FLAGS.output}: already mined from the same inputs (reused)")
+    return
   if FLAGS.teacher:
     if FLAGS.dpr_qas:
       raise CommandError("--teacher goes with --beir_dir or --questions, not --dpr_qas")
@@ -361,7 +412,9 @@ def main(argv: Sequence[str]) -> None:
       records, stats = mine_qas(FLAGS.dpr_qas, FLAGS.passages, num_hard_negatives=FLAGS.num_hard_negatives,
                                 num_positives=FLAGS.num_positives, depth=FLAGS.depth, n_threads=FLAGS.threads,
                                 match=FLAGS.match)
+  pathlib.Path(record_path).unlink(missing_ok=True)  # the old record must not vouch for new records
   write_records(FLAGS.output, records)
+  io.atomic_write_json(record_path, current)
   logging.info("wrote %s: %s", FLAGS.output, stats)
   positives = " (positives: the teacher's top-1; qrels unused)" if FLAGS.teacher else ""
   print(f"wrote {stats.num_written} of {stats.num_questions} questions to {FLAGS.output} in "
