@@ -166,7 +166,7 @@ def dropout_key(config: ml_collections.ConfigDict) -> jax.Array:
   """The run's dropout key: config.seed under config.rng_impl (each step folds its step number in).
 
   'rbg' / 'unsafe_rbg' draw the masks with XLA's RngBitGenerator, cheaper than threefry's
-  counter hashing on CPU (benchmarks/train_step_speed.py, variant after_rbg); the masks differ,
+  counter hashing on CPU (benchmarks/train_speed.py --what=step, variant after_rbg); the masks differ,
   the distribution does not.
   """
   return jax.random.key(config.seed, impl=config.get("rng_impl", "threefry2x32"))
