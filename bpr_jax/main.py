@@ -5,13 +5,16 @@ Usage:
 
   python -m bpr_jax.main --config=configs/tiny.py --workdir=/tmp/bpr-tiny
   python -m bpr_jax.main --config=configs/nq.py --workdir=runs/nq --config.batch_size=64
+  python -m bpr_jax.main --config=configs/scifact.py:bpr48 --show_config
 
 CONFIG is an ml_collections file (configs/*.py); each --config.FIELD=VALUE overrides one field
 (nested fields as --config.optim.learning_rate=1e-4), and a field that does not exist is an error.
 DIR receives checkpoints/, metrics.jsonl, tensorboard/, config.json, bert_config.json and
 tokenizer/. Running again with the same DIR resumes from its latest checkpoint; other settings
 than the checkpoint's are refused. A run that fails before its first checkpoint leaves no DIR
-behind (nor anything in a DIR that was empty). When it finishes:
+behind (nor anything in a DIR that was empty). --show_config prints every field of the config
+(value, type, allowed values, resume class, description; the schema is bpr_jax/config_schema.py)
+and exits without training; it needs no DIR. When a run finishes:
 
   python -m bpr_jax.export --workdir=DIR --output=EXPORT
 
@@ -33,7 +36,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from bpr_jax import cli, console, distributed
+from bpr_jax import cli, config_schema, console, distributed
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports "
@@ -41,7 +44,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration (configs/*.py); override a field with "
     "--config.FIELD=VALUE.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+_SHOW_CONFIG = flags.DEFINE_boolean(
+    "show_config", False, "Print every config field (value, type, allowed values, resume class, "
+    "description) and exit without training; --workdir is then not needed.")
+flags.mark_flags_as_required(["config"])
+flags.register_multi_flags_validator(
+    ["workdir", "show_config"], lambda values: values["show_config"] or values["workdir"] is not None,
+    message="--workdir is required (unless --show_config)")
 
 
 # ----------------------------------------------------------------------------- one-line config errors
@@ -204,9 +213,23 @@ def summary(result: dict, workdir: str) -> str:
   return f"{head}\nnext: python -m bpr_jax.export --workdir={workdir} --output={os.path.join(workdir, 'export')}"
 
 
+def show_config(config, source: str) -> str:
+  """The text of --show_config: a header naming `source`, every field of `config` (see
+  config_schema.describe), then each value outside its field's allowed ones (training refuses them)."""
+  text = (f"config {source}: {len(config_schema.FIELDS)} fields; resume class 'resume': must match the "
+          f"checkpoint's to resume it, 'free': may change on resume\n\n{config_schema.describe(config)}")
+  problems = config_schema.problems(config)
+  if problems:
+    text += "\n\n" + "\n".join(f"not allowed: {p}" for p in problems)
+  return text
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _SHOW_CONFIG.value:
+    print(show_config(FLAGS.config, FLAGS["config"].config_filename), flush=True)
+    return
   # Token ids are made once before the first step (data/token_cache.py) by the fast tokenizer's
   # batch call, which uses every core when allowed; no step tokenises, so nothing races it.
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

@@ -12,15 +12,15 @@ import os
 import jax
 import ml_collections
 
-from bpr_jax import checkpoints, io, losses, parallel, schedules
-from bpr_jax.models import hash_layer
-from bpr_jax.models.bert import ATTENTION_IMPLS, BertConfig
-from bpr_jax.models.build import DTYPES
+from bpr_jax import checkpoints, config_schema, io, losses
+from bpr_jax.models.bert import BertConfig
 from bpr_jax.tokenization import Tokenizer
 
+# Allowed values of some fields, as named elsewhere (the schema, bpr_jax/config_schema.py, is their source).
 MODES = losses.MODES
-SOURCES = ("tiny", "dpr_json", "beir", "tfds")
-RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+SOURCES = config_schema.field("data.source").allowed_values()
+RNG_IMPLS = config_schema.field("rng_impl").allowed_values()
+SIMILARITIES = config_schema.field("loss.distill_similarity").allowed_values()
 
 
 class TrainingError(RuntimeError):
@@ -28,68 +28,33 @@ class TrainingError(RuntimeError):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad config value, before anything is loaded."""
+  """Raises ValueError (one line, `config: ...`) naming the first bad config value, before anything is loaded.
+
+  Each field against its allowed values or range in the schema (bpr_jax/config_schema.py; a field the
+  config lacks counts as its default), then the checks between fields.
+  """
   def check(cond: bool, message: str) -> None:
     if not cond:
       raise ValueError(f"config: {message}")
-  check(config.mode in MODES, f"mode must be one of {MODES}, got {config.mode!r}")
-  check(config.get("rng_impl", "threefry2x32") in RNG_IMPLS,
-        f"rng_impl must be one of {RNG_IMPLS}, got {config.get('rng_impl')!r}")
-  check(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
+  for problem in config_schema.problems(config):
+    check(False, problem)
   check(config.num_train_steps > 0 or config.num_epochs > 0, "set num_epochs or num_train_steps")
-  check(config.model.init in ("hf", "random"), f"model.init must be 'hf' or 'random', got {config.model.init!r}")
-  check(config.model.pooling in ("cls", "mean"), f"model.pooling must be 'cls' or 'mean', got {config.model.pooling!r}")
-  check(config.model.dtype in DTYPES, f"model.dtype must be one of {tuple(DTYPES)}, got {config.model.dtype!r}")
-  check(config.model.code_bits >= 0, f"model.code_bits must be >= 0 (0: no code head), got {config.model.code_bits}")
-  check(config.model.get("code_head_norm", 0.0) >= 0,
-        f"model.code_head_norm must be >= 0 (0: LayerNorm's scale 1), got {config.model.get('code_head_norm')}")
-  check(config.model.get("attention", "auto") in ATTENTION_IMPLS,
-        f"model.attention must be one of {ATTENTION_IMPLS}, got {config.model.get('attention')!r}")
-  check(config.model.param_sharding in parallel.PARAM_RULES,
-        f"model.param_sharding must be one of {parallel.PARAM_RULES}, got {config.model.param_sharding!r}")
   if config.model.init == "hf":
     check(bool(config.model.hf_dir), "model.hf_dir is required with model.init='hf'")
-  check(config.data.source in SOURCES, f"data.source must be one of {SOURCES}, got {config.data.source!r}")
-  check(config.data.num_hard_negatives >= 0, "data.num_hard_negatives must be >= 0")
-  check(config.loss.cand_reduction in losses.CAND_REDUCTIONS,
-        f"loss.cand_reduction must be one of {losses.CAND_REDUCTIONS}, got {config.loss.cand_reduction!r}")
-  check(config.loss.gamma >= 0, f"loss.gamma must be >= 0, got {config.loss.gamma}")
-  check(config.loss.relaxation in hash_layer.RELAXATIONS,
-        f"loss.relaxation must be one of {hash_layer.RELAXATIONS}, got {config.loss.relaxation!r}")
-  check(config.loss.cand_loss in losses.CAND_LOSSES,
-        f"loss.cand_loss must be one of {losses.CAND_LOSSES}, got {config.loss.cand_loss!r}")
-  check(config.loss.terms in losses.LOSS_TERMS,
-        f"loss.terms must be one of {losses.LOSS_TERMS}, got {config.loss.terms!r}")
-  check(config.loss.beta_schedule in schedules.BETA_SCHEDULES,
-        f"loss.beta_schedule must be one of {schedules.BETA_SCHEDULES}, got {config.loss.beta_schedule!r}")
   if config.loss.beta_schedule == "final":
     check(config.loss.final_beta >= 1, f"loss.final_beta must be >= 1 with beta_schedule='final', "
           f"got {config.loss.final_beta}")
   _check_distillation(config, check)
-  check(config.optim.learning_rate > 0, "optim.learning_rate must be positive")
-  check(0 <= config.optim.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)")
   n = jax.device_count()
   check(config.batch_size % n == 0, f"batch_size {config.batch_size} must be divisible by the {n} devices")
 
 
-SIMILARITIES = ("dot", "cos")
-
-
 def _check_distillation(config: ml_collections.ConfigDict, check) -> None:
-  """The teacher and nested-code fields of config.loss (see configs/common.py)."""
+  """The checks between the teacher, distillation and nested-code fields of config.loss (each field's own
+  range is checked by the schema, bpr_jax/config_schema.py)."""
   loss = config.loss
   weight, cand_weight = loss.get("distill_weight", 0.0), loss.get("distill_cand_weight", 0.0)
   teacher = loss.get("teacher", "")
-  check(weight >= 0 and cand_weight >= 0, f"loss.distill_weight and loss.distill_cand_weight must be >= 0, "
-        f"got {weight} and {cand_weight}")
-  check(loss.get("label_weight", 1.0) >= 0, f"loss.label_weight must be >= 0, got {loss.get('label_weight')}")
-  check(loss.get("distill_temperature", 1.0) > 0,
-        f"loss.distill_temperature must be > 0, got {loss.get('distill_temperature')}")
-  check(loss.get("distill_teacher_temperature", 0.0) >= 0,
-        f"loss.distill_teacher_temperature must be >= 0 (0: distill_temperature), "
-        f"got {loss.get('distill_teacher_temperature')}")
-  check(loss.get("distill_similarity", "dot") in SIMILARITIES,
-        f"loss.distill_similarity must be one of {SIMILARITIES}, got {loss.get('distill_similarity')!r}")
   if config.mode == "dpr":
     check(cand_weight == 0, "loss.distill_cand_weight needs mode='bpr' (DPR has no candidate codes); "
           "use loss.distill_weight")
@@ -123,42 +88,14 @@ def check_nested_bits(sizes, code_size: int) -> None:
                      f"the code's {code_size} bits (model.code_bits, else the encoder's hidden size)")
 
 
-# Config fields that change what is trained or its schedule. Resuming a checkpoint with any of
-# them changed is refused (each differing field is named) before anything in the workdir is
-# written. model.hf_dir counts only with model.init='hf', model.bert only with 'random', and
-# num_epochs only when num_train_steps <= 0 (it is then what sets the total steps).
-# Not listed, free to change on resume: log_every, eval_every, eval_max_examples,
-# checkpoint_every, keep_checkpoints, async_checkpoints, prefetch (bookkeeping); model.remat
-# (recomputes activations, same values); model.attention and model.scan_layers (the same
-# function computed another way, same parameter tree); model.param_sharding (layout only; the checkpoint is
-# restored onto the new shardings); data.dev_path, data.dev_split, data.dev_hard_negatives_json
-# (validation only); data.pad_multiple (batch shapes only: padding is masked),
-# data.token_cache_dir and data.teacher_cache_dir (where token ids and teacher vectors are kept;
-# the teacher's own fingerprint is in the checkpoint's data record).  tests/test_train.py checks that every field of configs/common.py is either
-# listed here or in RESUME_FREE.
-RESUME_FIELDS = (
-    "mode", "seed", "rng_impl", "batch_size", "num_train_steps", "num_epochs",
-    "model.init", "model.hf_dir", "model.bert", "model.pooling", "model.dtype", "model.shared_encoder",
-    "model.dropout", "model.attention_dropout", "model.fuse_passages", "model.code_bits",
-    "model.code_head_norm",
-    "data.source", "data.train_path", "data.beir_dir", "data.train_split", "data.hard_negatives_json",
-    "data.tfds_name", "data.tfds_data_dir", "data.tokenizer_dir", "data.question_max_length",
-    "data.passage_max_length", "data.num_hard_negatives", "data.shuffle_positives", "data.skip_invalid",
-    "data.tiny_seed",
-    "loss.alpha", "loss.gamma", "loss.cand_reduction", "loss.relaxation", "loss.cand_loss", "loss.terms",
-    "loss.beta_schedule", "loss.final_beta", "loss.teacher", "loss.label_weight", "loss.distill_weight",
-    "loss.distill_cand_weight", "loss.distill_temperature", "loss.distill_teacher_temperature",
-    "loss.distill_similarity", "loss.nested_bits",
-    "optim.learning_rate", "optim.warmup_fraction", "optim.weight_decay", "optim.adam_eps", "optim.b1",
-    "optim.b2", "optim.grad_clip",
-)
-RESUME_FREE = (
-    "log_every", "eval_every", "eval_max_examples", "checkpoint_every", "keep_checkpoints",
-    "async_checkpoints", "prefetch", "model.remat", "model.param_sharding", "model.attention",
-    "model.scan_layers", "data.dev_path",
-    "data.dev_split", "data.dev_hard_negatives_json", "data.pad_multiple", "data.token_cache_dir",
-    "data.teacher_cache_dir",
-)
+# The schema's resume classes (bpr_jax/config_schema.py). RESUME_FIELDS change what is trained or its
+# schedule: resuming a checkpoint with any of them changed is refused (each differing field is named)
+# before anything in the workdir is written; model.hf_dir counts only with model.init='hf', model.bert
+# only with 'random', and num_epochs only when num_train_steps <= 0 (it then sets the total steps).
+# RESUME_FREE may change on resume (bookkeeping, layout, validation data, caches, the same function
+# computed another way).
+RESUME_FIELDS = config_schema.RESUME_FIELDS
+RESUME_FREE = config_schema.RESUME_FREE
 _ABSENT = "<absent>"
 
 
