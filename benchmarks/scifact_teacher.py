@@ -1,0 +1,125 @@
+"""SciFact runs of binary codes learned from a float teacher (distillation) and nested codes.
+
+Each run goes through the project's commands via `benchmarks/scifact.py --stage=finetune --tag=TAG`
+(same seeded train/dev split, batch, budget and evaluation as the other SciFact rows); this script
+prints the commands (`commands`) and collects the runs' dev and test rows (`collect`) into
+`benchmarks/results/scifact.json` (every row gains `teacher`, `labels`, `code_bits`,
+`nested_bits`; rows of a collected tag replace that tag's earlier rows) and
+`benchmarks/results/scifact_teacher.md` (a table per split and the issue's targets).
+
+  W=/tmp/sf24; S=$BPR_SHARED_DIR
+  python benchmarks/scifact_teacher.py commands --work_dir=$W     # the runs, in order
+  python benchmarks/scifact_teacher.py collect --work_dir=$W --tags=free48,label48
+
+Runs (all at the main table's budget: 200 steps, batch 16, attention dropout 0):
+  free48   label-free: MiniLM as released is the teacher (cosine, temperature 0.05, its training
+           scale) and the student's start; positives and hard negatives are the teacher's top-k over
+           the corpus for SciFact's train-split queries (qrels unused); loss = distillation only
+           (label_weight 0) on the rerank and candidate scores; 48 B (the pooled 384 bits).
+  label48  with labels: the BPR loss on qrels + BM25 negatives plus distillation (weight 1) from
+           the fine-tuned DPR float model of the same budget (ft-dpr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks.common import REPO  # noqa: E402
+from benchmarks.scifact_rows import finetuned_rows, run_dir  # noqa: E402
+from bpr_jax import io  # noqa: E402
+
+BUDGET = ["--override=num_train_steps=200", "--override=model.attention_dropout=0.0"]
+
+
+def runs(work: pathlib.Path) -> dict[str, list[str]]:
+  """tag -> the `scifact.py --stage=finetune` arguments of each run."""
+  teacher = work / "teacher-minilm"
+  mined = work / "teacher_mined_train.json"
+  dpr = run_dir(work, "dpr") / "model"
+  return {
+      "free48": ["--modes=bpr", *BUDGET, "--override=data.source=dpr_json",
+                 f"--override=data.train_path={mined}", f"--override=model.hf_dir={teacher}",
+                 f"--override=loss.teacher={teacher}", "--override=loss.label_weight=0.0",
+                 "--override=loss.distill_weight=1.0", "--override=loss.distill_cand_weight=1.0",
+                 "--override=loss.distill_similarity=cos", "--override=loss.distill_teacher_temperature=0.05"],
+      "label48": ["--modes=bpr", *BUDGET, f"--override=loss.teacher={dpr}", "--override=loss.distill_weight=1.0"],
+  }
+
+
+def print_commands(work: pathlib.Path) -> None:
+  py = "python"
+  print(f"{py} -m bpr_jax.export --hf_model=$BPR_SHARED_DIR/models/all-MiniLM-L6-v2 --pooling=mean "
+        f"--mode=dpr --output={work / 'teacher-minilm'}")
+  print(f"{py} benchmarks/scifact.py --stage=finetune --work_dir={work} --modes=dpr {' '.join(BUDGET)}")
+  print(f"{py} -m bpr_jax.mine_negatives --teacher={work / 'teacher-minilm'} --beir_dir={work / 'scifact-split'} "
+        f"--split=train --similarity=cos --output={work / 'teacher_mined_train.json'}")
+  for tag, args in runs(work).items():
+    print(f"{py} benchmarks/scifact.py --stage=finetune --work_dir={work} --tag={tag} {' '.join(args)}")
+
+
+def _override(overrides: list[str], key: str, default=None):
+  for o in overrides:
+    k, _, v = o.partition("=")
+    if k == key:
+      return v
+  return default
+
+
+def describe_row(row: dict) -> dict:
+  """The row with `teacher`, `labels`, `code_bits` and `nested_bits` (from its run's overrides)."""
+  ov = row.get("overrides", [])
+  teacher = _override(ov, "loss.teacher")
+  label_weight = float(_override(ov, "loss.label_weight", 1.0))
+  mined_by_teacher = _override(ov, "data.source") == "dpr_json" and teacher is not None
+  nested = _override(ov, "loss.nested_bits", "")
+  bits = row.get("bytes_per_passage")
+  return dict(row, teacher=pathlib.Path(teacher).parent.name + "/" + pathlib.Path(teacher).name if teacher else None,
+              labels=bool(label_weight > 0 and not mined_by_teacher) if row.get("mode") in ("bpr", "dpr") else False,
+              code_bits=int(bits * 8) if isinstance(bits, (int, float)) and bits < 1000 else None,
+              nested_bits=[int(b) for b in nested.split(",") if b] if nested else [])
+
+
+def collect(work: pathlib.Path, tags: list[str], results: pathlib.Path) -> list[dict]:
+  path = results / "scifact.json"
+  data = io.read_json(path)
+  new = [describe_row(r) for tag in tags for split in ("dev", "test") for r in finetuned_rows(work, tag, split)]
+  if not new:
+    raise SystemExit(f"no evaluated runs for tags {tags} under {work}")
+  kept = [r for r in data["rows"] if r.get("variant", "") not in tags]
+  data["rows"] = [r if "nested_bits" in r else describe_row(r) for r in kept] + new
+  io.atomic_write_json(path, data)
+  lines = ["# SciFact: codes learned from a float teacher", "",
+           "Collected by `python benchmarks/scifact_teacher.py collect` from runs of `benchmarks/scifact.py "
+           "--stage=finetune` (commands in the script's docstring). nDCG@10 / Recall@100, two-stage search "
+           "(Hamming top-1000, rerank by <e_q, sign(e_p)>).", ""]
+  for split in ("dev", "test"):
+    lines += [f"## {split}", "", "| run | teacher | labels | bytes | nDCG@10 | Recall@100 |", "|---|---|---|---|---|---|"]
+    for r in new:
+      if r["split"] == split and r["name"] == "bpr-flat":
+        lines.append(f"| {r.get('variant')} | {r['teacher']} | {r['labels']} | {r['bytes_per_passage']:g} | "
+                     f"{r['ndcg@10']:.4f} | {r['recall@100']:.4f} |")
+    lines.append("")
+  io.atomic_write_text(results / "scifact_teacher.md", "\n".join(lines))
+  print("\n".join(lines))
+  return new
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("what", choices=("commands", "collect"))
+  p.add_argument("--work_dir", required=True)
+  p.add_argument("--tags", default="free48,label48")
+  p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
+  args = p.parse_args(argv)
+  work = pathlib.Path(args.work_dir)
+  if args.what == "commands":
+    print_commands(work)
+  else:
+    collect(work, [t for t in args.tags.split(",") if t], pathlib.Path(args.results_dir))
+
+
+if __name__ == "__main__":
+  main()
