@@ -129,10 +129,13 @@ def restore_encoders(workdir: str, step: int | None = None):
   checkpoint `step` (default: the latest), parameters only: what export needs, without the loop.
 
   A missing workdir or step is refused in one line (`resolve_step`) before anything is built.
+  The settings are bpr.json's (`bpr_jax.export_format`), `nested_bits` from the run's
+  config.loss.nested_bits ([] when the run did not train nested codes).
   """
   import ml_collections  # pylint: disable=import-outside-toplevel
 
   from bpr_jax import parallel  # pylint: disable=import-outside-toplevel
+  from bpr_jax.losses import parse_nested_bits  # pylint: disable=import-outside-toplevel
   from bpr_jax.models.bert import BertConfig  # pylint: disable=import-outside-toplevel
   from bpr_jax.models.build import build_biencoder  # pylint: disable=import-outside-toplevel
   from bpr_jax.tokenization import Tokenizer  # pylint: disable=import-outside-toplevel
@@ -156,5 +159,6 @@ def restore_encoders(workdir: str, step: int | None = None):
               "question_max_length": config.data.question_max_length,
               "passage_max_length": config.data.passage_max_length,
               "code_bits": q_model.output_dim, "hidden_size": bert.hidden_size,
-              "shared_encoder": bool(config.model.shared_encoder)}
+              "shared_encoder": bool(config.model.shared_encoder),
+              "nested_bits": list(parse_nested_bits(config.get("loss", {}).get("nested_bits", "")))}
   return q_model, p_model, tokenizer, settings

@@ -4,12 +4,20 @@ Usage::
 
   python -m bpr_jax.encode --model=E --passages=P --output=C
       [--batch_size=N --chunk_size=100000 --num_shards=N --shard_index=S --save_float
-       --pad_multiple=32 --dtype=bfloat16 --overwrite]
+       --code_bits=N --pad_multiple=32 --dtype=bfloat16 --overwrite]
 
 ``E`` is a folder written by ``bpr_jax.export``; ``P`` a DPR TSV or a BEIR corpus.jsonl (either
 may be .gz) or ``tfds:NAME``.  ``P`` is checked whole before the model is loaded
 (``bpr_jax.data.passages.scan_passages``): an empty file, a header-only TSV, a malformed record
 or a passage id used twice is refused in one line naming the file, the line and the fault.
+
+Code size: the codes are the model's whole code by default.  ``--code_bits=N`` keeps the first N
+bits of each code (the first N/8 bytes), for a model trained with nested codes: N must be one of
+the sizes its ``bpr.json`` records (``nested_bits`` and the whole code,
+``bpr_jax.export_format.code_sizes``); any other N is refused before the model loads.  An index
+built from N-bit codes holds N-bit codes, and search, evaluate and serve use the first N dims of
+the question vector with it.  ``--save_float`` keeps the whole float vectors (all dims), so the
+float baselines of ``bpr_jax.evaluate`` compare with the model's full embeddings.
 
 Rerunning: ``C`` records what it was made from (``manifest.json`` ``"inputs"``: the model's
 fingerprint, the passage file's, the shard range and the settings that change the codes).  The
@@ -328,6 +336,7 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
                   chunk_size: int = 100_000, num_shards: int = 1, shard_index: int = 0,
                   save_float: bool = False, keep_chunks: bool = False, progress: bool = True,
                   stop_after_chunks: int | None = None, pad_multiple: int = 32,
+                  code_bits: int | None = None,
                   overwrite: bool = False) -> dict[str, Any] | None:
   """Encodes one shard of a passage collection; returns its manifest.
 
@@ -347,7 +356,8 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
       ``default_batch_size()`` (64 on CPU, 512 on GPU/TPU).
     chunk_size: passages per chunk file (the unit of resumption).
     num_shards, shard_index: which contiguous part of the collection to encode.
-    save_float: also keep float32 embeddings (for float baselines).
+    save_float: also keep float32 embeddings (for float baselines): the whole vectors, also
+      with ``code_bits``.
     keep_chunks: keep ``chunks/`` after the final files are written.
     progress: show a tqdm bar and print one summary line.
     stop_after_chunks: stop (as if killed) after writing this many chunks in
@@ -356,6 +366,9 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
       its longest passage rounded up to this (ceil(max_length / pad_multiple)
       compiled shapes); 0 pads everything to the model's passage_max_length in
       file order.  Codes are written in file order either way.
+    code_bits: keep the first ``code_bits`` bits of each code; one of the model's recorded
+      sizes (``export_format.code_sizes``: its nested_bits and whole code); None: the whole
+      code.
     overwrite: replace an output made from other inputs instead of refusing.
 
   Returns:
@@ -372,14 +385,24 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
     passages = str(pathlib.Path(passages).resolve())
     if not os.path.isfile(passages):
       raise FileNotFoundError(f"passage file not found: {passages}")
-  total = scan_passages(passages)
-  start, end = shard_range(total, num_shards, shard_index)
-  nrows = end - start
   encoder = model.passage_encoder
   emb_dim = int(encoder.output_dim)
   if emb_dim % 8:
     raise ValueError(f"passage embedding dim {emb_dim} is not a multiple of 8; cannot pack codes")
-  code_bits = emb_dim
+  if code_bits is None:
+    code_bits = emb_dim
+  else:
+    from bpr_jax.export_format import check_code_size  # pylint: disable=import-outside-toplevel
+    settings = dict(getattr(model, "settings", None) or {})
+    if settings:
+      check_code_size(settings, int(code_bits), "the model")
+    if not 0 < code_bits <= emb_dim or code_bits % 8:
+      raise ValueError(f"code_bits {code_bits}: the model gives {emb_dim}-bit codes; give a "
+                       f"multiple of 8 up to {emb_dim}")
+    code_bits = int(code_bits)
+  total = scan_passages(passages)
+  start, end = shard_range(total, num_shards, shard_index)
+  nrows = end - start
   model_path = str(pathlib.Path(model_path).resolve()) if model_path is not None else None
   inputs = encode_inputs(model, passages, model_path=model_path, settings={
       "start": start, "end": end, "passages_total": total, "save_float": save_float,
@@ -408,7 +431,7 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
   try:
     finished = _encode_chunks(model, passages, out_dir, todo, nrows=nrows, done_rows=done_rows,
                               batch_size=batch_size, pad_multiple=pad_multiple,
-                              save_float=save_float, progress=progress,
+                              save_float=save_float, code_bits=code_bits, progress=progress,
                               stop_after_chunks=stop_after_chunks,
                               desc=f"encode shard {shard_index}/{num_shards}")
   except BaseException:
@@ -457,13 +480,15 @@ def encode_corpus(model: Any, passages: str | os.PathLike, output: str | os.Path
 
 def _encode_chunks(model: Any, passages: str, out_dir: pathlib.Path,
                    todo: list[tuple[int, int, int]], *, nrows: int, done_rows: int,
-                   batch_size: int, pad_multiple: int, save_float: bool, progress: bool,
-                   stop_after_chunks: int | None, desc: str) -> bool:
-  """Encodes the chunks in ``todo`` into chunk files; False when stopped by stop_after_chunks."""
+                   batch_size: int, pad_multiple: int, save_float: bool, code_bits: int,
+                   progress: bool, stop_after_chunks: int | None, desc: str) -> bool:
+  """Encodes the chunks in ``todo`` into chunk files (codes: the first ``code_bits`` bits);
+  False when stopped by stop_after_chunks."""
   if not todo:
     return True
   encoder = model.passage_encoder
   emb_dim = int(encoder.output_dim)
+  code_bytes = code_bits // 8
   fn, padded = make_sharded_encoder(encoder, batch_size, codes=True, save_float=save_float)
   max_length = int(model.settings["passage_max_length"])
   q: "queue.Queue[Any]" = queue.Queue(maxsize=2)  # the next chunks tokenise while this one encodes
@@ -491,9 +516,9 @@ def _encode_chunks(model: Any, passages: str, out_dir: pathlib.Path,
       raise ValueError(f"non-finite passage embeddings in chunk {chunk.index} (ids {bad}...)")
     size = len(chunk.ids)
     state = acc.setdefault(chunk.index, {
-        "codes": np.zeros((size, emb_dim // 8), np.uint8), "filled": 0,
+        "codes": np.zeros((size, code_bytes), np.uint8), "filled": 0,
         "embeddings": np.zeros((size, emb_dim), np.float32) if save_float else None})
-    state["codes"][rows] = np.asarray(dev_codes)[:n]
+    state["codes"][rows] = np.asarray(dev_codes)[:n, :code_bytes]  # big-endian: bits 0..N-1
     if save_float:
       state["embeddings"][rows] = np.asarray(dev_emb, dtype=np.float32)[:n]
     state["filled"] += n
@@ -555,7 +580,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("chunk_size", 100_000, "Passages per resumable chunk file.", lower_bound=1)
   flags.DEFINE_integer("num_shards", None, "Number of shards (default: jax.process_count()).")
   flags.DEFINE_integer("shard_index", None, "This shard (default: jax.process_index()).")
-  flags.DEFINE_boolean("save_float", False, "Also save float32 embeddings.")
+  flags.DEFINE_boolean("save_float", False, "Also save float32 embeddings (the whole vectors, "
+                       "also with --code_bits).")
+  flags.DEFINE_integer("code_bits", None, "Keep the first N bits of each code: one of the sizes "
+                       "the model's bpr.json records (nested_bits and its whole code). Default: "
+                       "the whole code.")
   flags.DEFINE_boolean("keep_chunks", False, "Keep chunk files after finishing.")
   flags.DEFINE_integer("pad_multiple", 32, "Sort each chunk by length and pad each batch to its longest "
                        "passage rounded up to this; 0: pad to passage_max_length in file order.",
@@ -580,6 +609,9 @@ def main(argv: Sequence[str]) -> None:
     raise FileNotFoundError(f"passage file not found: {f.passages}")
   if not os.path.isdir(f.model):
     raise FileNotFoundError(f"exported model folder not found: {f.model}")
+  if f.code_bits is not None:
+    from bpr_jax.export_format import check_code_size, read_settings  # pylint: disable=import-outside-toplevel
+    check_code_size(read_settings(f.model), f.code_bits, f"--code_bits={f.code_bits}: model {f.model}")
 
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -597,7 +629,7 @@ def main(argv: Sequence[str]) -> None:
   encode_corpus(model, f.passages, f.output, model_path=f.model, batch_size=f.batch_size,
                 chunk_size=f.chunk_size, num_shards=num_shards, shard_index=shard_index,
                 save_float=f.save_float, keep_chunks=f.keep_chunks, pad_multiple=f.pad_multiple,
-                overwrite=f.overwrite)
+                code_bits=f.code_bits, overwrite=f.overwrite)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,16 @@ refused unless ``--allow_mismatch``.  Flags and the question file are checked be
 loads.  ``R.json`` is ``{"inputs": ..., "rows": [...]}``; ``inputs`` records the model, index,
 passages, questions and settings, so a rerun with the same inputs prints the stored result and
 one made from other inputs is refused unless ``--overwrite``.  The passage file's offset index
-(for reading passage texts) is kept in ``--passage_cache_dir`` (default: ``.passage_cache``
-beside ``R.json``), never beside the passage file.
+(for reading passage texts) is kept in ``--passage_cache_dir`` (default: the shared cache that
+serve and ``Retriever`` use, ``$BPR_CACHE_DIR/passages`` or ``~/.cache/bpr_jax/passages``),
+never beside the passage file or the output.
+
+Nested codes: an index of N-bit codes from a model that records N among its code sizes
+(``encode --code_bits=N``; ``bpr.json`` ``nested_bits``) is evaluated at N bits: the BPR rows
+search with the first N dims of the question vectors (``search.prefix_bits``) and report
+``bytes_per_passage`` N/8; the float baselines use the whole vectors (``encode --save_float``
+keeps them whole) and size ``lsh`` / ``pq`` at N bits.  An index of a size the model does not
+record is refused before the model loads.
 
 Rows (one JSON object each, also printed as a Markdown table):
 
@@ -64,7 +72,7 @@ from bpr_jax import metrics
 from bpr_jax.baselines import BASELINES, SIZED_BASELINES, float_systems  # noqa: F401
 from bpr_jax.index import BinaryIndex
 from bpr_jax.io import atomic_write_text, load_npy
-from bpr_jax.search import check_pieces
+from bpr_jax.search import check_pieces, prefix_bits
 from bpr_jax.systems import System, bpr_systems
 
 
@@ -326,10 +334,17 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
   q_emb = np.asarray(model.encode_questions(questions.texts, batch_size=batch_size), np.float32)
   if log is not None:
     log(f"encoded {len(q_emb)} questions in {time.perf_counter() - t0:.1f}s")
+  prefix = None
   if q_emb.shape[1] != index.code_bits:
-    raise ValueError(f"model gives {q_emb.shape[1]}-dim question embeddings but the index has "
-                     f"{index.code_bits}-bit codes")
+    settings = dict(getattr(model, "settings", None) or {})
+    if not settings or q_emb.shape[1] < index.code_bits:
+      raise ValueError(f"model gives {q_emb.shape[1]}-dim question embeddings but the index has "
+                       f"{index.code_bits}-bit codes")
+    prefix = prefix_bits(settings, index.code_bits, model=getattr(model, "path", "(in memory)"),
+                         index=index.path or "(in memory)")
   systems = bpr_systems(index, l)
+  if prefix is not None:  # a nested-code index: the BPR rows search with e_q[:, :prefix]
+    systems = [dataclasses.replace(s, search=_on_prefix(s.search, prefix)) for s in systems]
   if baselines:
     if embeddings is None:
       raise ValueError("float baselines need passage embeddings (encode --save_float, --embeddings)")
@@ -338,6 +353,9 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
         raise ValueError("an ivf index renumbers its rows: float baselines need the ids of the "
                          "embedding rows (embedding_ids, the encode run's ids.npy)")
       embedding_ids = index.ids
+    if embeddings.shape[1] != q_emb.shape[1]:
+      raise ValueError(f"float baselines: passage embeddings have {embeddings.shape[1]} dims but "
+                       f"the model's question vectors {q_emb.shape[1]}")
     systems += float_systems(embeddings, index.code_bits, baselines, embedding_ids, log)
     sized = [b for b in baselines if b in SIZED_BASELINES]
     for bits in baseline_bits:
@@ -346,6 +364,11 @@ def run_evaluation(model: Any, index: BinaryIndex, questions: Questions, *, ks: 
       for s in float_systems(embeddings, bits, sized, embedding_ids, log):
         systems.append(dataclasses.replace(s, name=f"{s.name}-{bits}bit"))
   return evaluate_systems(systems, q_emb, scorer, num_single, log)
+
+
+def _on_prefix(search: Callable[[np.ndarray, int], Any], bits: int) -> Callable[[np.ndarray, int], Any]:
+  """``search`` given the first ``bits`` dims of the question vectors (a nested-code index)."""
+  return lambda q, k: search(np.ascontiguousarray(q[:, :bits]), k)
 
 
 # ---------------------------------------------------------------------------
@@ -483,7 +506,8 @@ def _define_flags() -> None:
   flags.DEFINE_bool("ignore_identical_ids", True, "BEIR: drop retrieved documents whose id is the "
                     "query id (BEIR's default).")
   flags.DEFINE_string("passage_cache_dir", None, "Folder for the passage file's offset index "
-                      "(default: .passage_cache beside --output).")
+                      "(default: the cache serve uses, $BPR_CACHE_DIR/passages or "
+                      "~/.cache/bpr_jax/passages).")
   flags.DEFINE_bool("allow_mismatch", False, "Evaluate a model, index and passage file that do "
                     "not belong together (the index was built from other codes).")
   flags.DEFINE_bool("overwrite", False, "Replace an --output made from other inputs.")
@@ -549,6 +573,9 @@ def main(argv: Sequence[str]) -> None:
   passages_fp = provenance.fingerprint_passages(passages) if passages is not None else None
   check_pieces(index_meta, index_path=index_dir, model=model_fp, passages=passages_fp,
                allow_mismatch=f.allow_mismatch)
+  from bpr_jax.export_format import read_settings  # pylint: disable=import-outside-toplevel
+  if isinstance(index_meta.get("code_bits"), int):  # an index of a size the model does not record
+    prefix_bits(read_settings(model_dir), index_meta["code_bits"], model=model_dir, index=index_dir)
   inputs: dict[str, Any] = {
       "model": model_fp,
       "index": index_fingerprint(index_dir, index_meta),
@@ -591,8 +618,7 @@ def main(argv: Sequence[str]) -> None:
         if d % (bits // 8):
           raise ValueError(f"pq at {bits} bits needs {bits // 8} sub-quantisers, which do not "
                            f"divide the embedding dimension {d}; drop pq or that --baseline_bits")
-  cache_dir = (pathlib.Path(f.passage_cache_dir) if f.passage_cache_dir is not None
-               else out.resolve().parent / ".passage_cache")
+  cache_dir = f.passage_cache_dir or None  # None: PassageStore's default (serve's cache)
   from bpr_jax.exported_model import load_exported  # pylint: disable=import-outside-toplevel
   model = load_exported(model_dir)
   rows = run_evaluation(model, index, questions, ks=ks, l=l, passages=passages,

@@ -9,6 +9,10 @@ Usage:
       transformers DPRQuestionEncoder / DPRContextEncoder dirs (`save_pretrained`, e.g.
       facebook/dpr-*-single-nq-base); the tokenizer is read from Q unless --tokenizer=DIR
 
+A training run's bpr.json records its nested code sizes (`nested_bits`, from the run's
+config.loss.nested_bits; [] when not nested): encode, search, evaluate and serve work at any of
+them (`bpr_jax.export_format.code_sizes`).
+
 An existing E exported from the same source is reused (nothing is rewritten); one exported from
 another source is refused unless --overwrite, which replaces it atomically.
 

@@ -5,7 +5,7 @@ Layout of an exported folder E:
   question_encoder/{config.json, model.safetensors, tokenizer files}
   passage_encoder/{config.json, model.safetensors, tokenizer files}
   bpr.json   settings: mode ('bpr' | 'dpr'), pooling, question_max_length,
-             passage_max_length, code_bits, hidden_size, shared_encoder, and
+             passage_max_length, code_bits, hidden_size, shared_encoder, nested_bits and
              "inputs": {"source": ...}, what it was exported from (`bpr_jax.export.checkpoint_source`,
              `bpr_jax.importers.hf_source`, `bpr_jax.importers.dpr_source`)
 
@@ -15,8 +15,14 @@ Each encoder folder loads in transformers as `BertModel` (the pooled vector is
 trained with `model.code_bits > 0`; the head's tensors are `dense.{weight,bias}` and
 `layer_norm.{weight,bias}` in each model.safetensors (the authors' names; transformers' BertModel
 ignores them): vector = LayerNorm(dense(pooled)).
+`nested_bits` lists the code prefixes a model was trained on besides its whole code (nested codes,
+`loss.nested_bits`, e.g. [128, 384] of a 768-bit code; [] when not nested, and for an export
+written before the field existed): increasing multiples of 8, none beyond the code. The model's
+recorded sizes (`code_sizes`) are these and the whole code; encode, search, evaluate and serve
+work at any of them with the first N bits of each code (and the first N dims of a question
+vector).
 
-This module holds the settings check (`check_settings`, `read_settings`), writing a folder
+This module holds the settings check (`check_settings`, `read_settings`, `code_sizes`), writing a folder
 (`save_exported`), the overwrite rule for writing one (`plan_output`: same source reused, another
 refused unless overwrite), `is_exported` and `encoder_dir` (an exported folder also starts
 training: --config.model.hf_dir=E loads question_encoder/ and passage_encoder/). Reading one for
@@ -64,7 +70,44 @@ def check_settings(settings: dict, source: PathLike = "settings") -> dict:
   if provenance.INPUTS in settings and not isinstance(settings[provenance.INPUTS], dict):
     raise ValueError(f"{source}: {provenance.INPUTS} must be a JSON object (what the model was "
                      "exported from)")
-  return dict(settings)
+  out = dict(settings)
+  nested = out.get("nested_bits", [])
+  if not isinstance(nested, (list, tuple)) or any(
+      not isinstance(n, int) or isinstance(n, bool) for n in nested):
+    raise ValueError(f"{source}: nested_bits must be a list of bit counts, got {nested!r}")
+  nested = [int(n) for n in nested]
+  width = code_width(out)
+  if any(n <= 0 or n % 8 for n in nested):
+    raise ValueError(f"{source}: nested_bits must be positive multiples of 8, got {nested}")
+  if any(b <= a for a, b in zip(nested, nested[1:])):
+    raise ValueError(f"{source}: nested_bits must increase, got {nested}")
+  if nested and nested[-1] > width:
+    raise ValueError(f"{source}: nested_bits {nested}: {nested[-1]} is more than the code's "
+                     f"{width} bits")
+  out["nested_bits"] = nested
+  return out
+
+
+def code_width(settings: dict) -> int:
+  """The bits of an exported model's whole code: code_bits, or hidden_size when that is 0."""
+  return int(settings.get("code_bits") or settings.get("hidden_size") or 0)
+
+
+def code_sizes(settings: dict) -> list[int]:
+  """The code sizes (bits) a model records: its nested_bits and its whole code, increasing.
+  encode --code_bits, an index's codes and search may use any of them (the first N bits)."""
+  return sorted(set(int(n) for n in settings.get("nested_bits") or []) | {code_width(settings)})
+
+
+def check_code_size(settings: dict, bits: int, what: str = "the model") -> int:
+  """`bits` when it is one of `code_sizes(settings)`, else ValueError (one line naming them)."""
+  sizes = code_sizes(settings)
+  if bits not in sizes:
+    kind = ("nested_bits " + ",".join(map(str, settings.get("nested_bits") or [])) + " and its "
+            if settings.get("nested_bits") else "only its ")
+    raise ValueError(f"{what} records code sizes {', '.join(map(str, sizes))} ({kind}"
+                     f"whole {code_width(settings)}-bit code), not {bits} bits")
+  return bits
 
 
 def save_exported(question_encoder: BertEncoder, passage_encoder: BertEncoder,

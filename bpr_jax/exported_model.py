@@ -3,7 +3,9 @@
 `load_exported(E)` reads an exported folder (`bpr_jax.export_format`) into its two encoders,
 tokenizer and settings; `ExportedModel.encode_questions` / `encode_passages` give float32
 vectors through jitted encode functions (`make_encode_fn`) run over fixed-size, length-bucketed
-chunks (`encode_batches`). What encode, search, evaluate and serve run.
+chunks (`encode_batches`); `compile_questions` / `warmup_questions` compile the question
+encoder's shapes without running it (a service's warm-up). What encode, search, evaluate and
+serve run.
 """
 from __future__ import annotations
 
@@ -23,18 +25,40 @@ from bpr_jax.shapes import next_pow2
 from bpr_jax.tokenization import KEYS, Tokenizer
 
 
-def make_encode_fn(model: BertEncoder) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-  """A jitted, deterministic batch -> float32 [B, d] numpy function."""
-  graphdef, params = nnx.split(model)
+class EncodeFn:
+  """A jitted, deterministic batch -> float32 [B, d] numpy function of one encoder.
 
-  @jax.jit
-  def encode(params, input_ids, attention_mask, token_type_ids):
-    return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids)
+  `fn(batch)` encodes a tokenised batch (int32 [B, L] arrays under `tokenization.KEYS`);
+  `fn.compile(rows, length)` compiles the [rows, length] shape without running it (lowered with
+  the same parameters and argument types as a call, so a later call of that shape finds it in
+  the jit cache and compiles nothing; with JAX's persistent compilation cache on, a restart
+  loads it from disk).
+  """
 
-  def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-    return np.asarray(encode(params, *(jnp.asarray(batch[k]) for k in KEYS)), np.float32)
+  def __init__(self, model: BertEncoder):
+    graphdef, self._params = nnx.split(model)
 
-  return run
+    @jax.jit
+    def encode(params, input_ids, attention_mask, token_type_ids):
+      return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids)
+
+    self._encode = encode
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    # numpy arguments go straight to the jitted function: jnp.asarray would compile a
+    # host-to-device "stage" per shape, which `compile` does not cover.
+    args = (np.asarray(batch[k], np.int32) for k in KEYS)
+    return np.asarray(self._encode(self._params, *args), np.float32)
+
+  def compile(self, rows: int, length: int) -> None:
+    """Compiles the int32 [rows, length] shape (no run)."""
+    spec = jax.ShapeDtypeStruct((int(rows), int(length)), np.int32)
+    self._encode.lower(self._params, spec, spec, spec).compile()
+
+
+def make_encode_fn(model: BertEncoder) -> EncodeFn:
+  """A jitted, deterministic batch -> float32 [B, d] numpy function (`EncodeFn`)."""
+  return EncodeFn(model)
 
 
 MIN_BUCKET = 16
@@ -75,7 +99,7 @@ class ExportedModel:
   settings: dict
   _fns: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
-  def _fn(self, which: str) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+  def _fn(self, which: str) -> EncodeFn:
     if which not in self._fns:
       model = self.question_encoder if which == "question" else self.passage_encoder
       self._fns[which] = make_encode_fn(model)
@@ -87,20 +111,28 @@ class ExportedModel:
     return encode_batches(self._fn("question"), batch, batch_size,
                           self.question_encoder.output_dim)
 
-  def warmup_questions(self, max_rows: int, batch_size: int = 64) -> int:
-    """Compiles the question encoder for every (rows, length) shape `encode_questions` can meet
-    with up to `max_rows` questions, so a service never compiles while answering; returns the
-    number of shapes."""
+  def question_shapes(self, max_rows: int, batch_size: int = 64) -> list[tuple[int, int]]:
+    """Every (rows, length) shape `encode_questions` can meet with up to `max_rows` questions:
+    rows the chunk sizes (`encode_batches`), lengths the buckets (powers of two >= MIN_BUCKET,
+    capped at question_max_length)."""
     full = int(self.settings["question_max_length"])
     rows = sorted({min(batch_size, next_pow2(n)) for n in range(1, max(1, max_rows) + 1)})
     lengths = sorted({min(full, max(MIN_BUCKET, next_pow2(n))) for n in range(1, full + 1)})
-    fn = self._fn("question")
-    for r in rows:
-      for length in lengths:
-        tokens = {k: np.zeros((r, length), np.int32) for k in KEYS}
-        tokens["attention_mask"][:, 0] = 1
-        fn(tokens)
-    return len(rows) * len(lengths)
+    return [(r, length) for r in rows for length in lengths]
+
+  def compile_questions(self, rows: int, length: int) -> None:
+    """Compiles the question encoder for [rows, length] token batches without encoding
+    anything; `encode_questions` calls of that shape then compile nothing (`EncodeFn.compile`)."""
+    self._fn("question").compile(rows, length)
+
+  def warmup_questions(self, max_rows: int, batch_size: int = 64) -> int:
+    """Compiles (without running) the question encoder for every shape `encode_questions` can
+    meet with up to `max_rows` questions (`question_shapes`), so a service never compiles while
+    answering; returns the number of shapes."""
+    shapes = self.question_shapes(max_rows, batch_size)
+    for rows, length in shapes:
+      self.compile_questions(rows, length)
+    return len(shapes)
 
   def encode_passages(self, titles: Sequence[str], texts: Sequence[str],
                       batch_size: int = 64) -> np.ndarray:

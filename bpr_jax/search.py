@@ -33,6 +33,12 @@ benchmarks/results/search_speed.md.
 Ablations: ``rerank=False`` returns the Hamming order with score
 ``<h_q, h_p> = d - 2 * hamming``; ``candidates=False`` reranks every passage.
 
+Nested codes: a model trained on prefixes of its code records their sizes (``bpr.json``
+``nested_bits``, ``export_format.code_sizes``); an index of N-bit codes (``encode --code_bits=N``)
+is searched with the first N dims of the question vector (``prefix_bits``), so the two stages
+are Hamming over the first N bits and ``<e_q[:N], h_p[:N]>``.  An index whose code size the
+model does not record is refused.
+
 ``Retriever`` refuses a model, index and passage file that do not belong together
 (``check_pieces``: the index's ``meta.json`` records the model and passages its codes were made
 from) unless ``allow_mismatch``.
@@ -337,6 +343,25 @@ def _code_dim(settings: dict[str, Any]) -> int | None:
   return int(dim) if dim is not None else None
 
 
+def prefix_bits(settings: dict[str, Any] | None, index_bits: int, *, model: Any = "the model",
+                index: Any = "the index") -> int | None:
+  """How many leading dims of the model's question vectors go with an index of ``index_bits``-bit
+  codes: None when the model's code is that wide (the whole vector), ``index_bits`` when the
+  index holds a shorter code the model records (``export_format.code_sizes``: nested codes).
+  Any other size is a one-line ValueError naming both and the recorded sizes.  Settings without
+  a code width (a stand-in model) give None."""
+  dim = _code_dim(settings or {})
+  if dim is None or dim == index_bits:
+    return None
+  from bpr_jax.export_format import code_sizes  # pylint: disable=import-outside-toplevel
+  sizes = code_sizes(settings)
+  if index_bits in sizes:
+    return int(index_bits)
+  raise ValueError(f"model {model} gives {dim}-bit codes but index {index} holds {index_bits}-bit "
+                   f"codes, not a size the model records ({', '.join(map(str, sizes))}); they were "
+                   "not built together")
+
+
 class Retriever:
   """Questions in, passages out: an exported BPR model over a binary passage index.
 
@@ -395,11 +420,10 @@ class Retriever:
     self.l = int(l)
     if self.l < 1:
       raise ValueError(f"l must be >= 1, got {l}")
-    dim = _code_dim(getattr(model, "settings", None) or {})
-    if dim is not None and dim != index.code_bits:
-      raise ValueError(
-          f"model produces {dim}-dim question embeddings but the index has "
-          f"{index.code_bits}-bit codes; they were not built together")
+    # The first `prefix` dims of the model's vectors go with a nested-code index (None: all).
+    self.prefix = prefix_bits(getattr(model, "settings", None), index.code_bits,
+                              model=getattr(model, "path", None) or "(in memory)",
+                              index=index.path or "(in memory)")
     if passages is not None and passage_store is not None:
       raise ValueError("give passages or passage_store, not both")
     if mismatched is None:
@@ -434,8 +458,8 @@ class Retriever:
 
     Everything that can be checked is checked before the model loads: the model folder's
     settings, that the pieces belong together (``check_pieces``; ``allow_mismatch`` lets a
-    mismatch through, recorded in ``.mismatched``), that the model's embeddings match the index's
-    code bits, and that the passage file has as many passages as the index.  ``dtype`` is the
+    mismatch through, recorded in ``.mismatched``), that the index's code bits are the model's
+    code or one of its recorded nested sizes (``prefix_bits``), and that the passage file has as many passages as the index.  ``dtype`` is the
     encoders' compute dtype (``exported_model.load_exported``); other keyword arguments go to the
     constructor (``rerank``, ``candidates``, ``nprobe``, ``threads``).
     """
@@ -454,10 +478,7 @@ class Retriever:
         index_obj, model=provenance.model_fingerprint(model_dir),
         passages=provenance.fingerprint_passages(passages) if passages is not None else None,
         allow_mismatch=allow_mismatch, index_path=index)
-    dim = _code_dim(settings)
-    if dim is not None and dim != index_obj.code_bits:
-      raise ValueError(f"model {model} gives {dim}-dim embeddings but index {index} has "
-                       f"{index_obj.code_bits}-bit codes; they were not built together")
+    prefix_bits(settings, index_obj.code_bits, model=model, index=index)
     store = None
     if passages is not None:
       from bpr_jax.passage_store import PassageStore  # pylint: disable=import-outside-toplevel
@@ -476,7 +497,8 @@ class Retriever:
     return cls.load(model_dir, index_dir, passages, allow_mismatch=allow_mismatch, **kwargs)
 
   def encode_questions(self, questions: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Question embeddings float32 [B, d] (``e_q``), checked against the index."""
+    """Question embeddings float32 [B, d] (``e_q``), checked against the index; d is the index's
+    code bits (the first d dims of the model's vectors for a nested-code index)."""
     questions = _check_questions(questions)
     # The default batch size is not passed: a wrapped or stand-in model need not take it.
     raw = (self.model.encode_questions(questions) if batch_size == 64
@@ -484,7 +506,7 @@ class Retriever:
     emb = np.asarray(raw, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(questions):
       raise ValueError(f"model returned embeddings of shape {emb.shape} for {len(questions)} questions")
-    return emb
+    return emb if self.prefix is None else np.ascontiguousarray(emb[:, :self.prefix])
 
   def encode(self, questions: Sequence[str]) -> np.ndarray:
     """``encode_questions`` under its older name."""
@@ -493,7 +515,7 @@ class Retriever:
   def encode_passages(self, titles: Sequence[str], texts: Sequence[str],
                       batch_size: int = 64) -> np.ndarray:
     """Passage embeddings float32 [N, d] (``e_p``, before the sign) from the export's passage
-    encoder."""
+    encoder; d is the index's code bits (the first d dims for a nested-code index)."""
     titles, texts = list(titles), list(texts)
     if len(titles) != len(texts):
       raise ValueError(f"{len(titles)} titles but {len(texts)} texts")
@@ -503,8 +525,9 @@ class Retriever:
           raise ValueError(f"passage {i}: {name} is a {type(v).__name__}, not a string")
     if not texts:
       return np.zeros((0, self.index.code_bits), np.float32)
-    return np.asarray(self.exported.encode_passages(titles, texts, batch_size=batch_size),
-                      dtype=np.float32)
+    emb = np.asarray(self.exported.encode_passages(titles, texts, batch_size=batch_size),
+                     dtype=np.float32)
+    return emb if self.prefix is None else np.ascontiguousarray(emb[:, :self.prefix])
 
   def encode_codes(self, titles: Sequence[str], texts: Sequence[str],
                    batch_size: int = 64) -> np.ndarray:

@@ -450,7 +450,9 @@ def search_shapes(retriever: Any, max_batch: int, max_k: int) -> list[tuple[int,
 def warmup(retriever: Any, max_batch: int, max_k: int, progress: Progress | None = None) -> int:
   """Compiles every shape a request can meet: the question encoder (`question_shapes`) and the
   two-stage search (`search_shapes`); calls `progress(compiled, shapes)` after each and returns
-  the number of shapes run."""
+  the number of shapes run.  An exported model's shapes are compiled without running the
+  encoder (`ExportedModel.compile_questions`), so a restart on a filled compilation cache only
+  loads them; another model is run once per shape."""
   model = getattr(retriever, "model", None)
   inner = model.model if isinstance(model, PaddedQuestions) else model
   q_shapes = question_shapes(inner, max_batch)
@@ -460,8 +462,12 @@ def warmup(retriever: Any, max_batch: int, max_k: int, progress: Progress | None
   if progress is not None:
     progress(0, total)
   start = time.perf_counter()
+  compile_only = hasattr(inner, "compile_questions")
   for rows, length in q_shapes:
-    inner.encode_questions([_question_of_length(inner, length)] * rows)
+    if compile_only:  # compiled (or loaded from the persistent cache) without encoding anything
+      inner.compile_questions(rows, length)
+    else:
+      inner.encode_questions([_question_of_length(inner, length)] * rows)
     done += 1
     if progress is not None:
       progress(done, total)

@@ -220,9 +220,10 @@ def test_index_rerun_reuses_and_other_codes_are_refused(pieces, tmp_path):
   assert "--overwrite" in res.stderr
 
 
-def _evaluate(*args):
+def _evaluate(*args, cache_dir=None):
+  env = ENV if cache_dir is None else dict(ENV, BPR_CACHE_DIR=str(cache_dir))
   return subprocess.run([sys.executable, "-m", "bpr_jax.evaluate", *args], capture_output=True,
-                        text=True, env=ENV, check=False)
+                        text=True, env=env, check=False)
 
 
 def test_evaluate_command_mismatch_reuse_and_no_cache_beside_passages(pieces, tmp_path):
@@ -232,15 +233,16 @@ def test_evaluate_command_mismatch_reuse_and_no_cache_beside_passages(pieces, tm
   assert res.returncode == 2, res.stderr[-2000:]
   assert res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
   assert "model" in res.stderr and "--allow_mismatch" in res.stderr and "Traceback" not in res.stderr
-  res = _evaluate(*args, "--allow_mismatch")
+  res = _evaluate(*args, "--allow_mismatch", cache_dir=tmp_path / "cache")
   assert res.returncode == 0, res.stderr[-2000:]
   result = json.loads(out.read_text())
   assert [r["name"] for r in result["rows"]][0] == "bpr-flat"
   assert result["inputs"]["settings"]["k"] == [1, 5] and "passages" in result["inputs"]
   assert not list(pieces["P"].parent.glob("*.pidx"))  # nothing written beside the passage file
-  assert list((out.parent / ".passage_cache").glob("*.pidx"))
+  assert not (out.parent / ".passage_cache").exists()  # nor beside the output
+  assert list((tmp_path / "cache" / "passages").glob("*.pidx"))  # serve's cache ($BPR_CACHE_DIR)
   # The same inputs again: the stored result, no work; other settings: refused, or --overwrite.
-  res = _evaluate(*args, "--allow_mismatch")
+  res = _evaluate(*args, "--allow_mismatch", cache_dir=tmp_path / "cache")
   assert res.returncode == 0 and "reusing" in res.stdout and "| bpr-flat |" in res.stdout
   res = _evaluate(*args[:-1], "--k=1", "--allow_mismatch")
   assert res.returncode == 2 and "settings" in res.stderr and "--overwrite" in res.stderr

@@ -137,7 +137,7 @@ def test_retriever_with_fake_model_and_passages(tmp_path):
     r.search(["  "], k=1)
   bad = _FakeModel({})
   bad.settings = {"code_bits": 768}
-  with pytest.raises(ValueError, match="768-dim"):
+  with pytest.raises(ValueError, match="768-bit codes but index .* holds 32-bit codes"):
     Retriever(bad, index)
 
 
