@@ -10,6 +10,20 @@
   bpr96  96 B (768 bits): STE and a 768-bit code head: the best 96 B variant on dev.
   dpr    the float DPR baseline with the same data, budget and optimiser.
 
+Recipes that learn the codes from a float teacher or give every code size from one model
+(issue 24; runs in benchmarks/scifact_teacher.py, not yet chosen on dev, so not defaults):
+
+  free48   label-free: the teacher ($BPR_SCIFACT_TEACHER, an export of MiniLM as released:
+           `python -m bpr_jax.export --hf_model=... --mode=dpr`) is also the starting point; the
+           training data are its own top-k for the train queries, qrels unused
+           ($BPR_SCIFACT_TEACHER_NEGATIVES: `python -m bpr_jax.mine_negatives --teacher=...
+           --similarity=cos`); loss = distillation of the teacher's cosine scores (temperature
+           0.05, its training scale) into the rerank and candidate scores; 48 B.
+  label48  bpr48 plus distillation (weight 1) from a fine-tuned float teacher ($BPR_SCIFACT_TEACHER,
+           e.g. the `dpr` recipe's export).
+  nested   one 768-bit code head trained on its 128-, 384- and 768-bit prefixes (16, 48 and 96 B from
+           one model: `encode --code_bits=128|384|768`).
+
 Every recipe: batch 16 questions (first positive + 1 BM25 hard negative each), question length
 64, passage length 256, mean pooling (as MiniLM was trained), AdamW lr 3e-5 with 10% warm-up,
 gamma 1 (beta = sqrt(step + 1)), dropout 0.1 with attention-probability dropout 0, 400 steps
@@ -61,6 +75,18 @@ RECIPES = {
               {"mode": "bpr", "loss.relaxation": "ste", "model.code_bits": 768,
                "model.code_head_norm": 2.5}),
     "dpr": ("float DPR baseline, same data, budget and optimiser", {"mode": "dpr"}),
+    "free48": ("48 B label-free: distillation from the teacher's own top-k, starting from the teacher",
+               {"mode": "bpr", "loss.relaxation": "ste", "data.source": "dpr_json",
+                "data.train_path": "$BPR_SCIFACT_TEACHER_NEGATIVES", "model.hf_dir": "$BPR_SCIFACT_TEACHER",
+                "loss.teacher": "$BPR_SCIFACT_TEACHER", "loss.label_weight": 0.0, "loss.distill_weight": 1.0,
+                "loss.distill_cand_weight": 1.0, "loss.distill_similarity": "cos",
+                "loss.distill_teacher_temperature": 0.05}),
+    "label48": ("48 B: bpr48 plus distillation from a fine-tuned float teacher",
+                {"mode": "bpr", "loss.relaxation": "ste", "loss.teacher": "$BPR_SCIFACT_TEACHER",
+                 "loss.distill_weight": 1.0}),
+    "nested": ("16, 48 and 96 B from one 768-bit code head trained on its prefixes",
+               {"mode": "bpr", "loss.relaxation": "ste", "model.code_bits": 768, "model.code_head_norm": 2.5,
+                "loss.nested_bits": "128,384,768"}),
 }
 DEFAULT_RECIPE = "bpr48"
 
@@ -111,5 +137,7 @@ def get_config(arg: str | None = None):
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
+    if isinstance(value, str) and value.startswith("$"):
+      value = os.environ.get(value[1:], "")  # paths come from the environment
     node[leaf] = value
   return c

@@ -142,3 +142,21 @@ def test_scifact_recipe_through_the_config_flag(monkeypatch, tmp_path):
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv)
   fv([ "prog", f"--config={REPO / 'configs' / 'scifact.py'}:bpr96"])
   assert fv.config.model.code_bits == 768
+
+
+@pytest.mark.parametrize("recipe", ["free48", "label48", "nested"])
+def test_scifact_teacher_and_nested_recipes(recipe, monkeypatch, tmp_path):
+  """The issue-24 recipes take the teacher and its mined data from the environment, never the code."""
+  monkeypatch.setenv("BPR_SHARED_DIR", str(tmp_path / "sh"))
+  monkeypatch.setenv("BPR_SCIFACT_TEACHER", str(tmp_path / "teacher"))
+  monkeypatch.setenv("BPR_SCIFACT_TEACHER_NEGATIVES", str(tmp_path / "mined.json"))
+  c = importlib.import_module("configs.scifact").get_config(recipe)
+  assert flat_keys(c) == flat_keys(base_config())
+  if recipe == "nested":
+    assert (c.model.code_bits, c.loss.nested_bits, c.loss.teacher) == (768, "128,384,768", "")
+    train.validate_config(c)
+  else:
+    assert c.loss.teacher == str(tmp_path / "teacher") and c.loss.distill_weight == 1.0
+  if recipe == "free48":
+    assert (c.model.hf_dir, c.data.train_path, c.loss.label_weight) == (
+        str(tmp_path / "teacher"), str(tmp_path / "mined.json"), 0.0)
