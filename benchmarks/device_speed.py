@@ -1,7 +1,6 @@
 """Accelerator figures for the 21M-passage setting: device Hamming search and passage encoding.
 
-Size (~530 lines, over the house's ~400): the GPU run must be one prepared script (the device is lent
-for minutes), so its cases, exactness checks and report live together.
+One prepared script for a lent GPU (minutes of device time): its cases, exactness checks and report.
 
 Purpose: measure on one GPU the two numbers that decide whether the full
 Wikipedia pipeline (21M passages, 768-bit codes) runs on an accelerator in

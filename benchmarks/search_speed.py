@@ -1,7 +1,7 @@
 """Search speed and memory of BPR two-stage retrieval on synthetic structured codes.
 
-Size (~530 lines, over the house's ~400): data generation, every index kind, the float baselines and
-the report of one benchmark, run as one process per size to measure peak memory.
+Data generation, every index kind, the float baselines and the report, run as one process per size
+to measure peak memory.
 
 Usage::
 

@@ -1,7 +1,6 @@
 """Loopback load test of the search service (bpr_jax.serve).
 
-Size (~420 lines, over the house's ~400): server start-up, the loopback load generator and the
-report of one benchmark.
+Server start-up, the loopback load generator and the report.
 
 Runs C concurrent clients (one keep-alive connection each; a lean asyncio
 HTTP/1.1 client by default, httpx.AsyncClient with --client=httpx) posting

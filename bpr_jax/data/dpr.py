@@ -1,7 +1,6 @@
 """DPR retriever training JSON (`biencoder-nq-train.json` and friends).
 
-Size (~410 lines, over the house's ~400): the streaming JSON scanner, record validation and
-the byte-span cache of one file format.
+Holds the streaming JSON scanner, record validation and the byte-span cache of this format.
 
 The file is a top-level JSON array of records
 
