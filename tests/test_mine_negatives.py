@@ -43,7 +43,8 @@ def test_mine_scifact_command(tmp_path, scifact_dir):
   assert proc.returncode == 0, proc.stderr[-2000:]
   print(f"mined SciFact train in {elapsed:.1f}s (process wall time): {proc.stdout.strip()}")
   assert elapsed < 120  # the budget (the subprocess timeout above is well past it, so this can fail)
-  assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
+  # no temporary left behind; the inputs record sits beside the output
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, out.name + ".inputs.json"])
   records = json.loads(out.read_text())
   qrels = load_qrels(scifact_dir, "train")
   assert len(records) == 809
