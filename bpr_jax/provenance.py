@@ -90,12 +90,12 @@ def fingerprint_files(paths: Iterable[PathLike], root: PathLike) -> dict[str, An
 
   The hash covers each file's path relative to ``root`` and its own fingerprint, in sorted order.
   """
-  root = pathlib.Path(root).resolve()
+  root = pathlib.Path(os.path.abspath(root))
   h = hashlib.sha256()
-  paths = sorted(pathlib.Path(p).resolve() for p in paths)
+  paths = sorted(pathlib.Path(os.path.abspath(p)) for p in paths)  # symlinks kept: names as given
   for p in paths:
     fp = fingerprint_file(p)
-    h.update(json.dumps([str(p.relative_to(root)), fp["bytes"], fp["sha256"]]).encode())
+    h.update(json.dumps([os.path.relpath(p, root), fp["bytes"], fp["sha256"]]).encode())
   return {"path": str(root), "sha256": h.hexdigest(), "files": len(paths)}
 
 
