@@ -207,3 +207,22 @@ def check_belongs(pieces: str, recorded: Mapping[str, Any] | None, current: Mapp
         f"{pieces} do not belong together ({describe({k: recorded[k] for k in diff}, {k: common[k] for k in diff})}); "
         f"pass {flag} to use them anyway")
   return diff
+
+
+def check_output_folder(out_dir: PathLike, record_file: str, current: Mapping[str, Any], *,
+                        what: str, overwrite: bool = False) -> str:
+  """``check_output`` for an output folder whose ``record_file`` (JSON) holds its ``inputs``.
+
+  Raises FileExistsError when ``out_dir`` exists and is not a folder; an unreadable record counts
+  as no record.
+  """
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f"--output {out} exists and is not a folder")
+  recorded = None
+  if (out / record_file).is_file():
+    try:
+      recorded = json.loads((out / record_file).read_text(encoding="utf-8")).get(INPUTS)
+    except (ValueError, AttributeError):
+      recorded = None
+  return check_output(out, recorded, current, what=what, overwrite=overwrite)

@@ -165,16 +165,8 @@ def export_pyserini(index_dir: PathLike, model_dir: PathLike, out_dir: PathLike,
                            {"model": recorded_model} if recorded_model else None,
                            {"model": inputs["model"]}, allow=allow_mismatch)
   out = pathlib.Path(out_dir)
-  if out.exists() and not out.is_dir():
-    raise FileExistsError(f"--output {out} exists and is not a folder")
-  recorded = None
-  if (out / INFO_FILE).is_file():
-    try:
-      recorded = io.read_json(out / INFO_FILE).get(provenance.INPUTS)
-    except (ValueError, AttributeError):
-      recorded = None
-  action = provenance.check_output(out, recorded, inputs, what="a Pyserini folder",
-                                   overwrite=overwrite)
+  action = provenance.check_output_folder(out, INFO_FILE, inputs, what="a Pyserini folder",
+                                          overwrite=overwrite)
   if action == "reuse":
     return io.read_json(out / INFO_FILE), action
   model = load_exported(model_dir)

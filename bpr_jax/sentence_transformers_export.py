@@ -118,16 +118,8 @@ def export_sentence_transformers(model_dir: PathLike, out_dir: PathLike, *,
                        "1e-5, the head's is the encoder's); use the exported model or transformers")
   inputs = {"model": provenance.model_fingerprint(model_dir)}
   out = pathlib.Path(out_dir)
-  if out.exists() and not out.is_dir():
-    raise FileExistsError(f"--output {out} exists and is not a folder")
-  recorded = None
-  if (out / INFO_FILE).is_file():
-    try:
-      recorded = io.read_json(out / INFO_FILE).get(provenance.INPUTS)
-    except (ValueError, AttributeError):
-      recorded = None
-  action = provenance.check_output(out, recorded, inputs, what="sentence-transformers models",
-                                   overwrite=overwrite)
+  action = provenance.check_output_folder(out, INFO_FILE, inputs, what="sentence-transformers models",
+                                          overwrite=overwrite)
   if action == "reuse":
     return {**settings, "reused": True}
   with io.atomic_directory(out_dir) as tmp:
