@@ -39,7 +39,10 @@ Stages (each caches its output in --work_dir, so re-running skips finished work)
               (DPR also with the float baselines flat_ip/hnsw/lsh/pq). Rows: bpr-flat, bpr-hash,
               bpr-no-rerank, bpr-no-candidates (flat index ablations), dpr-flat (exact inner
               product), dpr-hnsw, dpr-lsh, dpr-pq, dpr-sign (two-stage search over the signs of
-              DPR's embeddings). --override a.b=v passes --config.a.b=v to training.
+              DPR's embeddings). A run with --override=loss.nested_bits=a,b,c (nested codes) is
+              also indexed (index --code_bits=N over its one encode output) and evaluated at each
+              shorter size: eval-flat-Nbit[-dev].json, rows bpr-flat at 16, 48, ... B.
+              --override a.b=v passes --config.a.b=v to training.
               --tag=NAME runs a variant into WORK/ft-MODE-NAME instead (e.g. --modes=bpr
               --tag=gamma10 --override=loss.gamma=10.0); the report lists variants apart from
               the main rows, with their overrides.
@@ -573,6 +576,32 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
                                           f"--baselines={baselines}", f"--baseline_bits={sizes}",
                                           f"--embeddings={d / 'codes'}",
                                           "--num_single=50", f"--output={out}"], out)
+    if mode == "bpr":
+      # nested codes: the one encode output indexed and evaluated at each shorter recorded size
+      whole = json.loads((d / "model" / "bpr.json").read_text())["code_bits"]
+      for bits in nested_sizes(overrides):
+        if bits == whole:
+          continue
+        name = f"flat-{bits}bit"
+        step(f"index-{name}", [py, "-m", "bpr_jax.index", f"--codes={d / 'codes'}", "--kind=flat",
+                               f"--code_bits={bits}", f"--output={d / f'index-{name}'}"],
+             d / f"index-{name}" / "meta.json")
+        for split, suffix in (("dev", "-dev"), ("test", "")):
+          out = d / f"eval-{name}{suffix}.json"
+          step(f"evaluate-{name}{suffix}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}",
+                                            f"--index={d / f'index-{name}'}", f"--passages={corpus}",
+                                            f"--beir_dir={beir}", f"--split={split}", "--k=10,100",
+                                            "--baselines=", "--baseline_bits=", "--num_single=50",
+                                            f"--output={out}"], out)
+
+
+def nested_sizes(overrides: list[str]) -> list[int]:
+  """The sizes of `--override=loss.nested_bits=a,b,c` ([] when the run has none)."""
+  for o in overrides:
+    key, _, value = o.partition("=")
+    if key == "loss.nested_bits":
+      return [int(b) for b in value.split(",") if b.strip()]
+  return []
 
 
 # ----------------------------------------------------------------------------- main

@@ -52,13 +52,16 @@ def finetuned_rows(work: pathlib.Path, tag: str = "", split: str = "test") -> li
   rows = []
   for (mode, kind), names in FINETUNED_NAMES.items():
     d = run_dir(work, mode, tag)
-    path = d / (f"eval-{kind}-dev.json" if split == "dev" else f"eval-{kind}.json")
-    if not path.exists():
+    suffix = "-dev" if split == "dev" else ""
+    # eval-KIND.json; a nested-code run also has eval-KIND-Nbit.json (its codes' first N bits)
+    paths = [d / f"eval-{kind}{suffix}.json"] + sorted(d.glob(f"eval-{kind}-*bit{suffix}.json"))
+    paths = [p for p in paths if p.exists() and (split == "dev" or not p.name.endswith("-dev.json"))]
+    if not paths:
       continue
     times = json.loads((d / "times.json").read_text())
     config = json.loads((d / "train" / "config.json").read_text())
     steps = logged_steps(d / "train")
-    for r in evaluate.read_results(path)[1]:
+    for r in (r for path in paths for r in evaluate.read_results(path)[1]):
       sized = re.fullmatch(r"(.+)-(\d+bit)", r["name"])  # 'lsh-128bit': a baseline at another code size
       base, size = sized.groups() if sized else (r["name"], "")
       key = "pq" if base.startswith("pq") else base  # 'pqB' when N < 256 (B bits)

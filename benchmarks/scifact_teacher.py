@@ -9,15 +9,23 @@ prints the commands (`commands`) and collects the runs' dev and test rows (`coll
 
   W=/tmp/sf24; S=$BPR_SHARED_DIR
   python benchmarks/scifact_teacher.py commands --work_dir=$W     # the runs, in order
-  python benchmarks/scifact_teacher.py collect --work_dir=$W --tags=free48,label48
+  python benchmarks/scifact_teacher.py collect --work_dir=$W --tags=free48,label48,nested
 
 Runs (all at the main table's budget: 200 steps, batch 16, attention dropout 0):
-  free48   label-free: MiniLM as released is the teacher (cosine, temperature 0.05, its training
-           scale) and the student's start; positives and hard negatives are the teacher's top-k over
-           the corpus for SciFact's train-split queries (qrels unused); loss = distillation only
-           (label_weight 0) on the rerank and candidate scores; 48 B (the pooled 384 bits).
+  free48   label-free: MiniLM as released is the teacher and the student's start; positives and
+           hard negatives are the teacher's top-k over the corpus for SciFact's train-split queries
+           (qrels unused); loss = distillation only (label_weight 0) of the teacher's cosines into
+           the student's cosines cos(e_q, h~p) and cos(h~q, h~p), both at temperature 0.05 (MiniLM's
+           training scale); 48 B (the pooled 384 bits).
   label48  with labels: the BPR loss on qrels + BM25 negatives plus distillation (weight 1) from
            the fine-tuned DPR float model of the same budget (ft-dpr).
+  nested   with labels: the STE recipe with a 768-bit code head whose loss is averaged over its
+           128-, 384- and 768-bit prefixes; one encode, indexed and evaluated at 16, 48 and 96 B.
+  free48-v0 (rows only) the first label-free run, at commit 417bed0, when the student's scores were
+           inner products at temperature 1 against the teacher's cosines at 0.05: its loss stayed
+           at 3.6-5.0 (gradient norm ~100) and it fell below its own start; the run that showed
+           the student must be read on the teacher's scale (loss.distill_similarity=cos now
+           applies to both).
 """
 from __future__ import annotations
 
@@ -44,8 +52,10 @@ def runs(work: pathlib.Path) -> dict[str, list[str]]:
                  f"--override=data.train_path={mined}", f"--override=model.hf_dir={teacher}",
                  f"--override=loss.teacher={teacher}", "--override=loss.label_weight=0.0",
                  "--override=loss.distill_weight=1.0", "--override=loss.distill_cand_weight=1.0",
-                 "--override=loss.distill_similarity=cos", "--override=loss.distill_teacher_temperature=0.05"],
+                 "--override=loss.distill_similarity=cos", "--override=loss.distill_temperature=0.05"],
       "label48": ["--modes=bpr", *BUDGET, f"--override=loss.teacher={dpr}", "--override=loss.distill_weight=1.0"],
+      "nested": ["--modes=bpr", *BUDGET, "--override=loss.relaxation=ste", "--override=model.code_bits=768",
+                 "--override=model.code_head_norm=2.5", "--override=loss.nested_bits=128,384,768"],
   }
 
 
@@ -111,7 +121,7 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("what", choices=("commands", "collect"))
   p.add_argument("--work_dir", required=True)
-  p.add_argument("--tags", default="free48,label48")
+  p.add_argument("--tags", default="free48,label48,nested")
   p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
   args = p.parse_args(argv)
   work = pathlib.Path(args.work_dir)

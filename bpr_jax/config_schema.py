@@ -213,8 +213,9 @@ FIELDS: tuple[Field, ...] = (
        RESUME, above(0)),
     _f("loss.distill_teacher_temperature", float, 0.0, "T of the teacher's softmax; 0: "
        "loss.distill_temperature", RESUME, at_least(0, "0: distill_temperature")),
-    _f("loss.distill_similarity", str, "dot", "teacher score: 'dot' (<t_q, t_p>, DPR) or 'cos' "
-       "(sentence-transformers models)", RESUME, ("dot", "cos")),
+    _f("loss.distill_similarity", str, "dot", "the scale teacher and student are compared on: 'dot' "
+       "(inner products, DPR) or 'cos' (cosines of both, sentence-transformers teachers; then set the "
+       "temperature to the teacher's training scale, e.g. 0.05)", RESUME, ("dot", "cos")),
     _f("loss.nested_bits", str, "", "nested codes: the loss averaged over these code prefixes, e.g. "
        "'128,384,768' (multiples of 8, increasing, at most the code size); '': off", RESUME),
 

@@ -34,7 +34,12 @@ T (student) and T_t (teacher, default T):
                  p_i = softmax(t_i / T_t),  q_i = softmax(s_i / T)
 
 (`distill_loss`; the T^2 factor keeps the gradient's size independent of T, as Hinton et al. 2015;
-the teacher side is under stop_gradient). BPR with a teacher:
+the teacher side is under stop_gradient). `distill_similarity` is the scale both sides are read on:
+'dot' compares inner products; 'cos' compares cosines, the teacher's cos(t_q, t_p) with the
+student's cos(e_q, h~p) and cos(h~q, h~p) (`cosine_scores`), so one temperature fits both (a
+sentence-transformers teacher's training scale, e.g. T = 0.05), whatever the code's length. The
+cosine leaves each question's ranking unchanged (at test time |sign(e_p)| = sqrt(d) for every
+passage). BPR with a teacher:
 
   L = label_weight * L_bpr + distill_weight * KL_T(t || <e_q, h~p>) + distill_cand_weight * KL_T(t || <h~q, h~p>)
 
@@ -116,6 +121,21 @@ def distill_loss(student_scores: jax.Array, teacher_scores: jax.Array, temperatu
   return temperature ** 2 * kl.mean()
 
 
+def cosine_scores(a: jax.Array, b: jax.Array) -> jax.Array:
+  """[A, B] cosines of the rows of a and b (zero rows score 0)."""
+  norm = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+  return norm(a) @ norm(b).T
+
+
+def _student_scores(a: jax.Array, b: jax.Array, scores: jax.Array, similarity: str) -> jax.Array:
+  """The student's scores on the distillation's scale: `scores` (= a @ b.T) for 'dot', cosines for 'cos'."""
+  if similarity == "dot":
+    return scores
+  if similarity == "cos":
+    return cosine_scores(a, b)
+  raise ValueError(f"distill_similarity must be 'dot' or 'cos', got {similarity!r}")
+
+
 def parse_nested_bits(value) -> tuple[int, ...]:
   """`nested_bits` as a tuple of ints: "128,384,768", "(128, 384)", a list/tuple, or "" (off).
 
@@ -167,7 +187,8 @@ def bpr_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None, beta, *, alpha
              cand_reduction: str = "mean", relaxation: str = "tanh", cand_loss: str = "margin",
              terms: str = "both", teacher_scores: jax.Array | None = None, label_weight: float = 1.0,
              distill_weight: float = 0.0, distill_cand_weight: float = 0.0, distill_temperature: float = 1.0,
-             distill_teacher_temperature: float | None = None, nested_bits=()) -> LossOutput:
+             distill_teacher_temperature: float | None = None, distill_similarity: str = "dot",
+             nested_bits=()) -> LossOutput:
   """L_cand + L_rerank of BPR on the global batch, plus the optional teacher terms and nested
   prefixes (see the module docstring). `teacher_scores`: [B, P], needed when a distillation
   weight is > 0. With the defaults this is the paper's loss exactly."""
@@ -192,10 +213,12 @@ def bpr_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None, beta, *, alpha
     if distilling:
       loss = label_weight * loss
       if distill_weight > 0:
-        distill = distill_loss(scores, teacher_scores, distill_temperature, distill_teacher_temperature)
+        distill = distill_loss(_student_scores(q, hp, scores, distill_similarity), teacher_scores,
+                               distill_temperature, distill_teacher_temperature)
         loss = loss + distill_weight * distill
       if distill_cand_weight > 0:
-        distill_cand = distill_loss(cand_scores, teacher_scores, distill_temperature, distill_teacher_temperature)
+        distill_cand = distill_loss(_student_scores(hq, hp, cand_scores, distill_similarity), teacher_scores,
+                                    distill_temperature, distill_teacher_temperature)
         loss = loss + distill_cand_weight * distill_cand
     elif label_weight != 1.0:
       loss = label_weight * loss
@@ -206,7 +229,8 @@ def bpr_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None, beta, *, alpha
 
 def dpr_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None, *, teacher_scores: jax.Array | None = None,
              label_weight: float = 1.0, distill_weight: float = 0.0, distill_temperature: float = 1.0,
-             distill_teacher_temperature: float | None = None, nested_bits=()) -> LossOutput:
+             distill_teacher_temperature: float | None = None, distill_similarity: str = "dot",
+             nested_bits=()) -> LossOutput:
   """DPR baseline: in-batch + hard-negative softmax cross-entropy of <e_q, e_p> (plus the optional
   teacher term and nested prefixes of the module docstring)."""
   if distill_weight > 0 and teacher_scores is None:
@@ -221,7 +245,8 @@ def dpr_loss(q: jax.Array, pos: jax.Array, neg: jax.Array | None, *, teacher_sco
     if label_weight != 1.0:
       loss = label_weight * loss
     if distill_weight > 0:
-      distill = distill_loss(scores, teacher_scores, distill_temperature, distill_teacher_temperature)
+      distill = distill_loss(_student_scores(q, p, scores, distill_similarity), teacher_scores,
+                             distill_temperature, distill_teacher_temperature)
       loss = loss + distill_weight * distill
     return LossOutput(loss, jnp.zeros_like(ce), ce, scores, 0.0, distill, 0.0)
 

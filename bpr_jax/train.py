@@ -115,7 +115,7 @@ def compute_loss(biencoder: BiEncoder, params: dict, batch: dict, *, mode: str, 
   arguments of the loss; the teacher's scores come from the batch's `teacher_*` vectors.
   """
   extra = dict(loss_options or {})
-  similarity = extra.pop("distill_similarity", "dot")
+  similarity = extra.get("distill_similarity", "dot")
   if extra.get("distill_weight", 0) > 0 or extra.get("distill_cand_weight", 0) > 0:
     from bpr_jax.teacher import teacher_scores
     tp = batch["teacher_pos"]

@@ -17,8 +17,9 @@ Recipes that learn the codes from a float teacher or give every code size from o
            `python -m bpr_jax.export --hf_model=... --mode=dpr`) is also the starting point; the
            training data are its own top-k for the train queries, qrels unused
            ($BPR_SCIFACT_TEACHER_NEGATIVES: `python -m bpr_jax.mine_negatives --teacher=...
-           --similarity=cos`); loss = distillation of the teacher's cosine scores (temperature
-           0.05, its training scale) into the rerank and candidate scores; 48 B.
+           --similarity=cos`); loss = distillation of the teacher's cosines into the student's
+           cosines of its rerank and candidate scores (both at temperature 0.05, MiniLM's training
+           scale); 48 B.
   label48  bpr48 plus distillation (weight 1) from a fine-tuned float teacher ($BPR_SCIFACT_TEACHER,
            e.g. the `dpr` recipe's export).
   nested   one 768-bit code head trained on its 128-, 384- and 768-bit prefixes (16, 48 and 96 B from
@@ -80,7 +81,7 @@ RECIPES = {
                 "data.train_path": "$BPR_SCIFACT_TEACHER_NEGATIVES", "model.hf_dir": "$BPR_SCIFACT_TEACHER",
                 "loss.teacher": "$BPR_SCIFACT_TEACHER", "loss.label_weight": 0.0, "loss.distill_weight": 1.0,
                 "loss.distill_cand_weight": 1.0, "loss.distill_similarity": "cos",
-                "loss.distill_teacher_temperature": 0.05}),
+                "loss.distill_temperature": 0.05}),
     "label48": ("48 B: bpr48 plus distillation from a fine-tuned float teacher",
                 {"mode": "bpr", "loss.relaxation": "ste", "loss.teacher": "$BPR_SCIFACT_TEACHER",
                  "loss.distill_weight": 1.0}),

@@ -86,6 +86,39 @@ def test_bpr_loss_with_teacher_by_hand():
   assert float(d.loss) == pytest.approx(float(losses.dpr_loss(q, pos, neg).loss) + w * float(d.distill), rel=1e-6)
 
 
+def _np_cos(a, b):
+  a = a / np.linalg.norm(a, axis=1, keepdims=True)
+  b = b / np.linalg.norm(b, axis=1, keepdims=True)
+  return a @ b.T
+
+
+def test_cosine_distillation_compares_cosines_on_both_sides():
+  q, pos, neg, _ = _batch(3, d=24)
+  rng = np.random.default_rng(7)
+  tq, tp = rng.normal(size=(3, 10)), rng.normal(size=(6, 10))
+  t = _np_cos(tq, tp).astype(np.float32)  # what teacher.teacher_scores(..., 'cos') gives
+  np.testing.assert_allclose(np.asarray(teacher.teacher_scores(jnp.asarray(tq), jnp.asarray(tp), "cos")), t,
+                             rtol=1e-5, atol=1e-6)
+  beta, temp = 2.0, 0.05
+  out = losses.bpr_loss(q, pos, neg, beta, teacher_scores=t, label_weight=0.0, distill_weight=1.0,
+                        distill_cand_weight=1.0, distill_temperature=temp, distill_similarity="cos")
+  p = np.concatenate([pos, neg])
+  hq, hp = np.tanh(beta * q), np.tanh(beta * p)
+  assert float(out.distill) == pytest.approx(_np_kl(_np_cos(q, hp), t, temp), rel=1e-4)
+  assert float(out.distill_cand) == pytest.approx(_np_kl(_np_cos(hq, hp), t, temp), rel=1e-4)
+  # the student's scale does not matter: 10 q gives the same cosines (a dot student's KL changes)
+  big = losses.bpr_loss(10 * q, pos, neg, beta, teacher_scores=t, label_weight=0.0, distill_weight=1.0,
+                        distill_temperature=temp, distill_similarity="cos")
+  assert float(big.distill) == pytest.approx(float(out.distill), rel=1e-4)
+  # a student equal to its teacher (the teacher's own cosines) has nothing to learn
+  same = losses.dpr_loss(tq.astype(np.float32), tp[:3].astype(np.float32), tp[3:].astype(np.float32),
+                         teacher_scores=t, distill_weight=1.0, label_weight=0.0, distill_temperature=temp,
+                         distill_similarity="cos")
+  assert float(same.distill) == pytest.approx(0.0, abs=1e-6)
+  with pytest.raises(ValueError, match="distill_similarity"):
+    losses.bpr_loss(q, pos, neg, beta, teacher_scores=t, distill_weight=1.0, distill_similarity="l2")
+
+
 def test_gradient_flows_to_the_student_only():
   q, pos, neg, t = _batch(2)
 

@@ -157,3 +157,32 @@ def test_an_export_without_nested_bits_loads(run, tmp_path):
   for bad, match in (([32, 16], "increase"), ([12], "multiples of 8"), ([128], "more than")):
     with pytest.raises(ValueError, match=match):
       export_format.check_settings({**settings, "nested_bits": bad})
+
+
+def test_one_encode_indexes_every_size(run, tmp_path):
+  """index --code_bits=32 over the 64-bit encode output holds the codes encode --code_bits=32 gives,
+  records the size in its inputs, and searches like the index built from the 32-bit encode."""
+  meta = build_from_codes_dir(run["root"] / "c64", tmp_path / "i32", "flat", code_bits=32)
+  assert meta["code_bits"] == 32 and meta["inputs"]["settings"]["code_bits"] == 32
+  got, want = BinaryIndex.load(tmp_path / "i32"), BinaryIndex.load(run["root"] / "i32")
+  np.testing.assert_array_equal(np.asarray(got.codes), np.asarray(want.codes))
+  expected = Retriever(run["model"], want).search(QUESTIONS, k=3)
+  hits = Retriever(run["model"], got).search(QUESTIONS, k=3)
+  assert [[h["id"] for h in r] for r in hits] == [[h["id"] for h in r] for r in expected]
+  # the whole size is the plain index (no code_bits setting); an index of another size is refused
+  full = build_from_codes_dir(run["root"] / "c64", tmp_path / "i64", "flat", code_bits=64)
+  assert "code_bits" not in full["inputs"]["settings"]
+  from bpr_jax.provenance import ProvenanceError
+  with pytest.raises(ProvenanceError, match="code_bits"):
+    build_from_codes_dir(run["root"] / "c64", tmp_path / "i32", "flat")
+
+
+def test_index_refuses_sizes_the_model_does_not_record_in_one_line(run, tmp_path):
+  for bits, words in ((16, "records code sizes 32, 64"), (12, "multiple of 8"), (128, "no wider than the 64-bit")):
+    res = subprocess.run(
+        [sys.executable, "-m", "bpr_jax.index", f"--codes={run['root'] / 'c64'}", "--kind=flat",
+         f"--output={tmp_path / f'i{bits}'}", f"--code_bits={bits}"],
+        capture_output=True, text=True, env=ENV, check=False, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr[-2000:]
+    assert words in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / f"i{bits}").exists()

@@ -3,11 +3,15 @@
 Usage::
 
   python -m bpr_jax.index --codes=C --kind=flat --output=I
-      [--hash_bits=B --nflip=F --nhash=H | --nlist=L --nprobe=P --train_size=T] [--overwrite]
+      [--hash_bits=B --nflip=F --nhash=H | --nlist=L --nprobe=P --train_size=T] [--code_bits=N]
+      [--overwrite]
 
 ``C`` is the output folder of ``bpr_jax.encode`` (one shard or many in ``shard_00000/`` ...);
 ``I`` gets an index folder (``bpr_jax.index.binary_index``) whose ``meta.json`` records its
-inputs: the codes, the model and passages they were encoded from, and the settings.  Run again
+inputs: the codes, the model and passages they were encoded from, and the settings.
+``--code_bits=N`` indexes the first N bits of each code: for a model trained with nested codes
+(``loss.nested_bits``), one encode output gives an index at every size the model records; evaluate
+and serve read the size from the index.  Run again
 with the same inputs, the existing index is reused; with other inputs it is refused unless
 ``--overwrite``.
 """
@@ -33,6 +37,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("nlist", None, "ivf inverted lists (default round(4*sqrt(N))).")
   flags.DEFINE_integer("nprobe", None, f"ivf lists probed per question (default {DEFAULT_NPROBE}).")
   flags.DEFINE_integer("train_size", None, "ivf k-means sample (default 64*nlist).")
+  flags.DEFINE_integer("code_bits", None, "Index the first N bits of each code: one of the sizes the "
+                       "model's bpr.json records (nested_bits and its whole code). Default: the whole code.")
   flags.DEFINE_boolean("verify", True, "Check sha256 of the encode output.")
   flags.DEFINE_boolean("overwrite", False, "Replace an index at --output built from other inputs.")
   flags.mark_flags_as_required(["codes", "output"])
@@ -49,7 +55,7 @@ def main(argv: Sequence[str]) -> None:
   meta = build_from_codes_dir(f.codes, f.output, f.kind, hash_bits=f.hash_bits,
                               nflip=f.nflip, nhash=f.nhash, nlist=f.nlist, nprobe=f.nprobe,
                               train_size=f.train_size, verify=f.verify, overwrite=f.overwrite,
-                              log=reused.append)
+                              code_bits=f.code_bits, log=reused.append)
   if reused:
     print(reused[0])
     return

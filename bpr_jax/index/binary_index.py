@@ -159,6 +159,23 @@ def index_inputs(codes_dir: str | os.PathLike, kind: str, *,
   return inputs
 
 
+def check_prefix_bits(manifests: Sequence[dict[str, Any]], bits: int, codes_dir: Any = "the codes") -> int | None:
+  """``bits`` for an index of the first ``bits`` bits of the codes in ``manifests``; None when that is
+  the whole code.  A one-line ValueError unless ``bits`` is a multiple of 8 no wider than the codes
+  and, when the model they were encoded with can be read, one of the sizes it records
+  (``export_format.code_sizes``: its nested_bits and whole code)."""
+  from bpr_jax.export_format import check_code_size, read_settings  # pylint: disable=import-outside-toplevel
+
+  width = int(manifests[0].get("code_bits", 0))
+  if bits <= 0 or bits % 8 or (width and bits > width):
+    raise ValueError(f"--code_bits={bits}: give a positive multiple of 8 no wider than the {width}-bit codes "
+                     f"in {codes_dir}")
+  model = manifests[0].get("model")
+  if model and (pathlib.Path(model) / "bpr.json").is_file():
+    check_code_size(read_settings(model), bits, f"model {model} (which encoded {codes_dir})")
+  return None if bits == width else int(bits)
+
+
 _INDEX_FILES = ("index.faiss", "codes.npy", "ids.npy", "meta.json")
 
 
@@ -175,8 +192,11 @@ def build_from_codes_dir(codes_dir: str | os.PathLike, out_dir: str | os.PathLik
                          nhash: int | None = None, nlist: int | None = None,
                          nprobe: int | None = None, train_size: int | None = None,
                          verify: bool = True, overwrite: bool = False,
-                         log: Any = None) -> dict[str, Any]:
+                         code_bits: int | None = None, log: Any = None) -> dict[str, Any]:
   """Reads an encode output, builds an index of ``kind`` and saves it; returns its meta.
+
+  ``code_bits``: index only the first N bits of each code (the first N/8 bytes), for a model
+  trained with nested codes: one encode gives every size it records (``check_prefix_bits``).
 
   The one overwrite rule (``bpr_jax.provenance.check_output``): an index at ``out_dir`` built
   from the same codes and settings is reused (``log`` gets one line; nothing is rebuilt); one
@@ -190,8 +210,11 @@ def build_from_codes_dir(codes_dir: str | os.PathLike, out_dir: str | os.PathLik
   codes_dir = pathlib.Path(codes_dir)
   out = pathlib.Path(out_dir)
   manifests = _shard_manifests(codes_dir)
+  if code_bits is not None:
+    code_bits = check_prefix_bits(manifests, code_bits, codes_dir)
   inputs = index_inputs(codes_dir, kind, manifests=manifests, hash_bits=hash_bits, nflip=nflip,
-                        nhash=nhash, nlist=nlist, nprobe=nprobe, train_size=train_size)
+                        nhash=nhash, nlist=nlist, nprobe=nprobe, train_size=train_size,
+                        code_bits=code_bits)
   if out.exists() and not out.is_dir():
     raise FileExistsError(f"--output {out} exists and is not a folder")
   recorded = None
@@ -208,6 +231,8 @@ def build_from_codes_dir(codes_dir: str | os.PathLike, out_dir: str | os.PathLik
         log(f"{out} already holds this index (same codes and settings); reusing it")
       return meta
   src = load_codes_dir(codes_dir, verify=verify)
+  if code_bits is not None and code_bits < src.code_bits:
+    src.codes = np.ascontiguousarray(src.codes[:, :code_bits // 8])
   index = build_index(src.codes, kind, hash_bits=hash_bits, nflip=nflip, nhash=nhash,
                       nlist=nlist, nprobe=nprobe, train_size=train_size)
   first = src.manifests[0]
