@@ -50,7 +50,8 @@ def runs(work: pathlib.Path) -> dict[str, list[str]]:
   return {
       "free48": ["--modes=bpr", *BUDGET, "--override=data.source=dpr_json",
                  f"--override=data.train_path={mined}", f"--override=model.hf_dir={teacher}",
-                 f"--override=loss.teacher={teacher}", "--override=loss.label_weight=0.0",
+                 f"--override=loss.teacher={teacher}", f"--override=data.teacher_cache_dir={work / 'teacher-cache-minilm'}",
+                 "--override=loss.label_weight=0.0",
                  "--override=loss.distill_weight=1.0", "--override=loss.distill_cand_weight=1.0",
                  "--override=loss.distill_similarity=cos", "--override=loss.distill_temperature=0.05"],
       "label48": ["--modes=bpr", *BUDGET, f"--override=loss.teacher={dpr}", "--override=loss.distill_weight=1.0"],
