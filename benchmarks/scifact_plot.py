@@ -4,7 +4,11 @@ Reads the report of `benchmarks/scifact.py` (its `memory_table` and rows) and dr
 size, the BPR variant chosen on dev (two-stage search), DPR + PQ at equal bytes, DPR + LSH at
 equal bits, DPR's post-hoc sign codes (two-stage, at its own 384 bits), the DPR float point and
 line (1536 B) and the untrained MiniLM float line; and, dashed, BPR, DPR + PQ and DPR float at every
-other budget of the report (`other_budgets`: the same recipes trained longer).
+other budget of the report (`other_budgets`: the same recipes trained longer). The codes learned from
+a float teacher and nested codes (benchmarks/scifact_teacher.py, `teacher_series`) join it: MiniLM's
+post-hoc sign codes (two-stage), PQ and LSH at 48 B (the untrained teacher compressed after the fact),
+one nested model at each of its sizes, and the distilled runs (label-free, with labels), each the run
+best on dev at its size.
 
   python benchmarks/scifact_plot.py            # benchmarks/results/scifact.json -> scifact_memory.png
 
@@ -28,6 +32,49 @@ SERIES = (  # memory_table key, label, matplotlib style
 )
 
 
+# post-hoc compression of MiniLM as released (the label-free teacher): row name, label, style
+POST_HOC = (
+    ("minilm-sign-two-stage", "MiniLM sign codes, two-stage (post-hoc)", dict(color="C4", marker="v", ls="none")),
+    ("minilm-pq", "MiniLM + PQ (post-hoc)", dict(color="C9", marker="P", ls="none")),
+    ("minilm-lsh", "MiniLM + LSH (post-hoc)", dict(color="C8", marker="x", ls="none")),
+)
+# learned from a teacher / nested: group, label, style (groups: `teacher_group`)
+LEARNED = (
+    ("nested", "nested BPR (one model, every size)", dict(color="C5", marker="o", ls="-.", mfc="white")),
+    ("free", "distilled from MiniLM, no labels", dict(color="C6", marker="*", ls="none", ms=11)),
+    ("label", "BPR + distilled from DPR float", dict(color="C7", marker="h", ls="none", ms=9)),
+)
+
+
+def teacher_group(row: dict) -> str | None:
+  """'nested', 'free' (label-free distillation), 'label' (labels + a teacher) or None, from the
+  fields benchmarks/scifact_teacher.py adds to a fine-tuned row."""
+  if row.get("nested_bits"):
+    return "nested"
+  if row.get("teacher"):
+    return "label" if row.get("labels") else "free"
+  return None
+
+
+def teacher_series(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
+  """group -> [(bytes per passage, test nDCG@10)] of its two-stage (bpr-flat) runs, at each size
+  the run whose dev nDCG@10 is best (test never takes part in the choice)."""
+  best: dict[tuple[str, float], dict] = {}
+  for r in rows:
+    group = teacher_group(r)
+    if group and r["name"] == "bpr-flat" and r.get("split") == "dev":
+      key = (group, r["bytes_per_passage"])
+      if key not in best or r["ndcg@10"] > best[key]["ndcg@10"]:
+        best[key] = r
+  out: dict[str, list[tuple[float, float]]] = {}
+  for (group, size), dev in sorted(best.items(), key=lambda kv: kv[0][1]):
+    test = next((r for r in rows if r["name"] == "bpr-flat" and r.get("split") == "test"
+                 and r.get("variant") == dev.get("variant") and r["bytes_per_passage"] == size), None)
+    if test is not None:
+      out.setdefault(group, []).append((size, test["ndcg@10"]))
+  return out
+
+
 def float_row(rows: list[dict], name: str, doc_format: str | None = None) -> dict | None:
   for r in rows:
     if (r["name"] == name and r.get("split", "test") == "test" and not r.get("variant")
@@ -42,7 +89,7 @@ def plot(result: dict, out: pathlib.Path) -> pathlib.Path:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   table = result["memory_table"]
-  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
   for key, label, style in SERIES:
     pts = [(m["bytes_per_passage"], m[key]["ndcg@10"]) for m in table if m.get(key)]
     if pts:
@@ -59,6 +106,14 @@ def plot(result: dict, out: pathlib.Path) -> pathlib.Path:
     if dpr_other:
       ax.axhline(dpr_other["ndcg@10"], color="k", ls="-.", lw=0.8,
                  label=f"DPR float, {steps} steps ({dpr_other['ndcg@10']:.4f})")
+  for name, label, style in POST_HOC:
+    row = float_row(result["rows"], name, "pair")
+    if row:
+      ax.plot([row["bytes_per_passage"]], [row["ndcg@10"]], label=label, **style)
+  learned = teacher_series(result["rows"])
+  for group, label, style in LEARNED:
+    if learned.get(group):
+      ax.plot(*zip(*learned[group]), label=label, **style)
   dpr = float_row(result["rows"], "dpr-flat")
   if dpr:
     ax.axhline(dpr["ndcg@10"], color="k", ls="--", lw=1, label=f"DPR float ({dpr['ndcg@10']:.4f})")
@@ -81,7 +136,7 @@ def plot(result: dict, out: pathlib.Path) -> pathlib.Path:
                + (f"{max(steps)} steps" if steps else "")
                + (f" (dashed: {', '.join(others)} steps)" if others else ""), fontsize=10)
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=7, loc="lower right", ncol=2)
   fig.tight_layout()
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(out.name + ".tmp")

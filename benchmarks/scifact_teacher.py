@@ -4,8 +4,9 @@ Each run goes through the project's commands via `benchmarks/scifact.py --stage=
 (same seeded train/dev split, batch, budget and evaluation as the other SciFact rows); this script
 prints the commands (`commands`) and collects the runs' dev and test rows (`collect`) into
 `benchmarks/results/scifact.json` (every row gains `teacher`, `labels`, `code_bits`,
-`nested_bits`; rows of a collected tag replace that tag's earlier rows) and
-`benchmarks/results/scifact_teacher.md` (a table per split and the issue's targets).
+`nested_bits`; rows of a collected tag replace that tag's earlier rows; `teacher_targets`: the
+issue's targets checked, `check_targets`) and `benchmarks/results/scifact_teacher.md` (the targets
+and a table per split).
 
   W=/tmp/sf24; S=$BPR_SHARED_DIR
   python benchmarks/scifact_teacher.py commands --work_dir=$W     # the runs, in order
@@ -93,6 +94,78 @@ def describe_row(row: dict) -> dict:
               nested_bits=[int(b) for b in nested.split(",") if b] if nested else [])
 
 
+# The separately trained recipe of each code size at the main budget (configs/scifact.py bpr16,
+# bpr48, bpr96 = these tagged runs of benchmarks/scifact.py) and DPR's PQ row of that size.
+SEPARATE = {16.0: "ste-head128", 48.0: "ste", 96.0: "ste-head768"}
+DPR_PQ = {16.0: "dpr-pq-128bit", 48.0: "dpr-pq", 96.0: "dpr-pq-768bit"}
+
+
+def _find(rows: list[dict], name: str, split: str = "test", variant: str = "", size: float | None = None):
+  for r in rows:
+    if (r["name"] == name and r.get("split", "test") == split and r.get("variant", "") == variant
+        and (size is None or r.get("bytes_per_passage") == size)
+        and (not name.startswith("minilm") or r.get("doc_format") == "pair")):
+      return r
+  return None
+
+
+def _chosen(rows: list[dict], group: str, size: float) -> tuple[dict, dict] | None:
+  """(dev row, test row) of the `group` run (scifact_plot.teacher_group) best on dev at `size`."""
+  from benchmarks.scifact_plot import teacher_group
+  dev = [r for r in rows if r["name"] == "bpr-flat" and r.get("split") == "dev" and teacher_group(r) == group
+         and r["bytes_per_passage"] == size]
+  if not dev:
+    return None
+  best = max(dev, key=lambda r: r["ndcg@10"])
+  test = _find(rows, "bpr-flat", "test", best.get("variant", ""), size)
+  return (best, test) if test else None
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+  """The issue's targets (test nDCG@10; runs chosen on dev) against the rows: one dict per target
+  with the measured value, the bar, `met` (None when the run is missing) and the run used."""
+  out = []
+
+  def add(target, run, value, bar, dev_value=None, dev_bar=None, strict=False):
+    met = None if value is None or bar is None else (value > bar if strict else value >= bar - 1e-9)
+    if met is not None and dev_bar is not None:
+      met = met and dev_value is not None and dev_value >= dev_bar - 1e-9
+    out.append({"target": target, "run": run, "test": value, "bar": bar, "dev": dev_value, "dev_bar": dev_bar,
+                "met": met})
+
+  teacher = _find(rows, "minilm-float")
+  t = teacher["ndcg@10"] if teacher else None
+  for size, share in ((48.0, 0.99), (16.0, 0.95), (96.0, 1.0)):
+    chosen = _chosen(rows, "free", size)
+    add(f"label-free {size:g} B >= {share:.0%} of the teacher's float", chosen[1]["variant"] if chosen else None,
+        chosen[1]["ndcg@10"] if chosen else None, round(share * t, 4) if t else None,
+        chosen[0]["ndcg@10"] if chosen else None)
+  dpr, dpr_dev = _find(rows, "dpr-flat"), _find(rows, "dpr-flat", "dev")
+  chosen = _chosen(rows, "label", 48.0)
+  add("with labels 48 B within 1 point of DPR float (test and dev)", chosen[1]["variant"] if chosen else None,
+      chosen[1]["ndcg@10"] if chosen else None, round(dpr["ndcg@10"] - 0.01, 4) if dpr else None,
+      chosen[0]["ndcg@10"] if chosen else None, round(dpr_dev["ndcg@10"] - 0.01, 4) if dpr_dev else None)
+  for size, variant in SEPARATE.items():
+    chosen = _chosen(rows, "nested", size)
+    separate, pq = _find(rows, "bpr-flat", "test", variant, size), _find(rows, DPR_PQ[size])
+    value, dev = (chosen[1]["ndcg@10"], chosen[0]["ndcg@10"]) if chosen else (None, None)
+    run = chosen[1]["variant"] if chosen else None
+    add(f"nested {size:g} B within 1 point of the separate recipe ({variant})", run, value,
+        round(separate["ndcg@10"] - 0.01, 4) if separate else None, dev)
+    add(f"nested {size:g} B above DPR + PQ", run, value, pq["ndcg@10"] if pq else None, dev, strict=True)
+  return out
+
+
+def targets_table(targets: list[dict]) -> list[str]:
+  fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+  lines = ["| target | run (chosen on dev) | test | bar | dev | dev bar | met |", "|---|---|---|---|---|---|---|"]
+  for t in targets:
+    met = "not run" if t["met"] is None else ("yes" if t["met"] else "**no**")
+    lines.append(f"| {t['target']} | {t['run'] or '-'} | {fmt(t['test'])} | {fmt(t['bar'])} | {fmt(t['dev'])} | "
+                 f"{fmt(t['dev_bar'])} | {met} |")
+  return lines
+
+
 def collect(work: pathlib.Path, tags: list[str], results: pathlib.Path) -> list[dict]:
   path = results / "scifact.json"
   data = io.read_json(path)
@@ -101,17 +174,23 @@ def collect(work: pathlib.Path, tags: list[str], results: pathlib.Path) -> list[
     raise SystemExit(f"no evaluated runs for tags {tags} under {work}")
   kept = [r for r in data["rows"] if r.get("variant", "") not in tags]
   data["rows"] = [r if "nested_bits" in r else describe_row(r) for r in kept] + new
+  data["teacher_targets"] = targets = check_targets(data["rows"])
   io.atomic_write_json(path, data)
-  lines = ["# SciFact: codes learned from a float teacher", "",
+  from benchmarks.scifact_plot import teacher_group
+  shown = [r for r in data["rows"] if r["name"] == "bpr-flat" and teacher_group(r)]
+  lines = ["# SciFact: codes learned from a float teacher, and nested codes", "",
            "Collected by `python benchmarks/scifact_teacher.py collect` from runs of `benchmarks/scifact.py "
            "--stage=finetune` (commands in the script's docstring). nDCG@10 / Recall@100, two-stage search "
-           "(Hamming top-1000, rerank by <e_q, sign(e_p)>).", ""]
+           "(Hamming top-1000, rerank by <e_q, sign(e_p)>).", "", "## Targets (test nDCG@10; runs chosen on dev)", "",
+           *targets_table(targets), ""]
   for split in ("dev", "test"):
-    lines += [f"## {split}", "", "| run | teacher | labels | bytes | nDCG@10 | Recall@100 |", "|---|---|---|---|---|---|"]
-    for r in new:
-      if r["split"] == split and r["name"] == "bpr-flat":
-        lines.append(f"| {r.get('variant')} | {r['teacher']} | {r['labels']} | {r['bytes_per_passage']:g} | "
-                     f"{r['ndcg@10']:.4f} | {r['recall@100']:.4f} |")
+    lines += [f"## {split}", "", "| run | teacher | labels | nested | bytes | nDCG@10 | Recall@100 |",
+              "|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in shown if r["split"] == split),
+                    key=lambda r: (r.get("variant", ""), r["bytes_per_passage"])):
+      lines.append(f"| {r.get('variant')} | {r['teacher']} | {r['labels']} | "
+                   f"{','.join(map(str, r['nested_bits'])) or '-'} | {r['bytes_per_passage']:g} | "
+                   f"{r['ndcg@10']:.4f} | {r['recall@100']:.4f} |")
     lines.append("")
   io.atomic_write_text(results / "scifact_teacher.md", "\n".join(lines))
   print("\n".join(lines))

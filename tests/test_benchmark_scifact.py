@@ -161,6 +161,16 @@ def test_memory_plot_is_a_png(tmp_path):
                                                                            result["memory_table"]]}}
   result["rows"].append(_row("dpr-flat", 0.74, 1536.0, train_steps=400, variant="400"))
   assert mod.plot(result, tmp_path / "m400.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # the teacher and nested curves: each at its size the run best on dev, drawn with its test value
+  run = lambda variant, split, size, v, **kw: dict(_row("bpr-flat", v, size), split=split, variant=variant, **kw)  # noqa: E731
+  result["rows"] += [run("nested", "dev", 16.0, 0.6, nested_bits=[128, 384]), run("nested", "test", 16.0, 0.5, nested_bits=[128, 384]),
+                     run("nested", "dev", 48.0, 0.7, nested_bits=[128, 384]), run("nested", "test", 48.0, 0.65, nested_bits=[128, 384]),
+                     run("free-a", "dev", 48.0, 0.60, teacher="t", labels=False), run("free-a", "test", 48.0, 0.9, teacher="t", labels=False),
+                     run("free-b", "dev", 48.0, 0.62, teacher="t", labels=False), run("free-b", "test", 48.0, 0.58, teacher="t", labels=False),
+                     run("label48", "test", 48.0, 0.7, teacher="d", labels=True),  # no dev row: not drawn
+                     _row("minilm-sign-two-stage", 0.61, 48.0, doc_format="pair")]
+  assert mod.teacher_series(result["rows"]) == {"nested": [(16.0, 0.5), (48.0, 0.65)], "free": [(48.0, 0.58)]}
+  assert mod.plot(result, tmp_path / "mt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(SystemExit, match="no memory_table"):
     (tmp_path / "r.json").write_text('{"rows": []}')
     mod.main([f"--result={tmp_path / 'r.json'}"])

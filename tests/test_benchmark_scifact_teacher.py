@@ -50,3 +50,30 @@ def test_commands_name_every_run(tmp_path, capsys):
   scifact_teacher.print_commands(tmp_path)
   out = capsys.readouterr().out
   assert "--tag=free48" in out and "--tag=label48" in out and "mine_negatives --teacher=" in out
+
+
+def test_targets_use_the_runs_chosen_on_dev():
+  def r(name, v, size=48.0, split="test", variant="", **kw):
+    return {"name": name, "ndcg@10": v, "bytes_per_passage": size, "split": split, "variant": variant, **kw}
+  free = dict(teacher="t", labels=False, nested_bits=[])
+  rows = [r("minilm-float", 0.65, 1536.0, doc_format="pair"), r("dpr-flat", 0.73, 1536.0),
+          r("dpr-flat", 0.74, 1536.0, "dev"), r("dpr-pq", 0.70), r("dpr-pq-128bit", 0.56, 16.0),
+          r("bpr-flat", 0.71, variant="ste"), r("bpr-flat", 0.66, 16.0, variant="ste-head128"),
+          # two label-free runs: b is better on dev, worse on test; b is chosen
+          r("bpr-flat", 0.60, split="dev", variant="a", **free), r("bpr-flat", 0.70, variant="a", **free),
+          r("bpr-flat", 0.62, split="dev", variant="b", **free), r("bpr-flat", 0.6436, variant="b", **free),
+          r("bpr-flat", 0.735, split="dev", variant="l", teacher="d", labels=True, nested_bits=[]),
+          r("bpr-flat", 0.721, variant="l", teacher="d", labels=True, nested_bits=[]),
+          *(r("bpr-flat", v, size, split, "n", teacher=None, labels=True, nested_bits=[128, 384, 768])
+            for size, v in ((16.0, 0.56), (48.0, 0.705)) for split in ("dev", "test"))]
+  got = {t["target"]: t for t in scifact_teacher.check_targets(rows)}
+  free48 = got["label-free 48 B >= 99% of the teacher's float"]
+  assert (free48["run"], free48["test"], free48["bar"], free48["met"]) == ("b", 0.6436, 0.6435, True)
+  assert got["label-free 16 B >= 95% of the teacher's float"]["met"] is None  # not run
+  label = got["with labels 48 B within 1 point of DPR float (test and dev)"]
+  assert (label["bar"], label["dev_bar"], label["met"]) == (0.72, 0.73, True)
+  assert got["nested 48 B within 1 point of the separate recipe (ste)"]["met"] is True
+  assert got["nested 48 B above DPR + PQ"]["met"] is True
+  assert got["nested 16 B above DPR + PQ"]["met"] is False  # equal is not above
+  assert got["nested 96 B above DPR + PQ"]["met"] is None
+  assert "| **no** |" in "\n".join(scifact_teacher.targets_table(list(got.values())))
