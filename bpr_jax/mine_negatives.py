@@ -360,8 +360,25 @@ def mining_inputs(*, beir_dir: str | None = None, split: str = "train", dpr_qas:
   return record
 
 
-def main(argv: Sequence[str]) -> None:
+def check_mined(output: str, inputs: dict, overwrite: bool = False) -> str:
+  """The overwrite rule for a mined file (`provenance.check_output`): 'reuse' when `output` was
+  mined from these `inputs`, 'write' when it is new (or `overwrite`); other inputs are refused."""
   from bpr_jax import io, provenance  # pylint: disable=import-outside-toplevel
+  record_path = inputs_path(output)
+  recorded = io.read_json(record_path) if os.path.isfile(record_path) else None
+  return provenance.check_output(output, recorded, inputs, what="mined training data", overwrite=overwrite)
+
+
+def write_mined(output: str, records: Iterable[dict], inputs: dict) -> int:
+  """Writes the records (atomically) and then their inputs record beside them; returns the count."""
+  from bpr_jax import io  # pylint: disable=import-outside-toplevel
+  pathlib.Path(inputs_path(output)).unlink(missing_ok=True)  # the old record must not vouch for new records
+  n = write_records(output, records)
+  io.atomic_write_json(inputs_path(output), inputs)
+  return n
+
+
+def main(argv: Sequence[str]) -> None:
   from bpr_jax.cli import CommandError  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -378,11 +395,7 @@ def main(argv: Sequence[str]) -> None:
   current = mining_inputs(beir_dir=FLAGS.beir_dir, split=FLAGS.split, dpr_qas=FLAGS.dpr_qas,
                           passages=FLAGS.passages, questions=FLAGS.questions, teacher=FLAGS.teacher,
                           teacher_embeddings=FLAGS.teacher_embeddings, settings=settings)
-  record_path = inputs_path(FLAGS.output)
-  recorded = io.read_json(record_path) if os.path.isfile(record_path) else None
-  action = provenance.check_output(FLAGS.output, recorded, current, what="mined training data",
-                                   overwrite=FLAGS.overwrite)
-  if action == "reuse":
+  if check_mined(FLAGS.output, current, FLAGS.overwrite) == "reuse":
     print(f"{FLAGS.output}: already mined from the same inputs (reused)")
     return
   if FLAGS.teacher:
@@ -412,9 +425,7 @@ def main(argv: Sequence[str]) -> None:
       records, stats = mine_qas(FLAGS.dpr_qas, FLAGS.passages, num_hard_negatives=FLAGS.num_hard_negatives,
                                 num_positives=FLAGS.num_positives, depth=FLAGS.depth, n_threads=FLAGS.threads,
                                 match=FLAGS.match)
-  pathlib.Path(record_path).unlink(missing_ok=True)  # the old record must not vouch for new records
-  write_records(FLAGS.output, records)
-  io.atomic_write_json(record_path, current)
+  write_mined(FLAGS.output, records, current)
   logging.info("wrote %s: %s", FLAGS.output, stats)
   positives = " (positives: the teacher's top-1; qrels unused)" if FLAGS.teacher else ""
   print(f"wrote {stats.num_written} of {stats.num_questions} questions to {FLAGS.output} in "

@@ -165,7 +165,11 @@ def describe(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
     return "it has no provenance record"
   parts = []
   for k in changed(old, new):
-    parts.append(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}")
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, Mapping) and isinstance(b, Mapping) and "sha256" not in a and "sha256" not in b:
+      parts.append(describe({f"{k}.{i}": v for i, v in a.items()}, {f"{k}.{i}": v for i, v in b.items()}))
+    else:  # a fingerprint or a value: old -> new
+      parts.append(f"{k}: {_short(a)} -> {_short(b)}")
   return "; ".join(parts)
 
 

@@ -133,13 +133,13 @@ def test_remove_debris_keeps_a_workdir_with_a_checkpoint_or_other_files(tmp_path
 
 
 def test_missing_field_message():
-  from bpr_jax import main
+  from bpr_jax.config_errors import missing_field
   from configs.tiny import get_config
   config = get_config()
-  assert main.missing_field(config, ["batch_size", "optim.learning_rate"]) is None
-  assert main.missing_field(config, ["batch_sise"]) == "--config.batch_sise: no such field; did you mean batch_size?"
-  assert "fields of loss:" in main.missing_field(config, ["loss.qqqqqqqq"])
-  assert "is a value" in main.missing_field(config, ["seed.x"])
+  assert missing_field(config, ["batch_size", "optim.learning_rate"]) is None
+  assert missing_field(config, ["batch_sise"]) == "--config.batch_sise: no such field; did you mean batch_size?"
+  assert "fields of loss:" in missing_field(config, ["loss.qqqqqqqq"])
+  assert "is a value" in missing_field(config, ["seed.x"])
 
 
 def test_end_of_run_summary_names_checkpoints_and_the_next_command():
