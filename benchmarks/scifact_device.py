@@ -27,6 +27,8 @@ ml-collections, pytrec-eval-terrier, bm25s, ijson or tensorboardX, and only the 
 Runs (planned from benchmarks/results/scifact.json): the BPR variant chosen on dev at each of --sizes
 (bytes per passage; 48 first) with its CPU overrides, and the main DPR run after the first, each
 with the budget replaced by --epochs (40, the paper's) at --batch (64) and checkpoints only at the end.
+With --teacher_runs=nested,label48,free48, issue 24's runs follow (benchmarks/scifact_teacher.py;
+free48's teacher export and mining and label48's DPR teacher are made on the device).
 Tags: gpu-VARIANT-eEPOCHS-bBATCH. The model starts from MiniLM rounded to float16, not the CPU runs'
 float32, which the JSON states.
 
@@ -80,8 +82,11 @@ def sha256(data: bytes) -> str:
 # ----------------------------------------------------------------------------- plan
 
 
-def plan_runs(result: dict, sizes: list[float], epochs: int, batch: int, num_train_steps: int = 0) -> list[dict]:
-  """The device runs: per size the dev-selected BPR test row's run, and the main DPR after the first.
+def plan_runs(result: dict, sizes: list[float], epochs: int, batch: int, num_train_steps: int = 0,
+              teacher_runs: tuple[str, ...] = ()) -> list[dict]:
+  """The device runs: per size the dev-selected BPR test row's run, and the main DPR after the first;
+  then each of `teacher_runs` (benchmarks/scifact_teacher.py's tags: free48, label48, nested), whose
+  recipe overrides are made on the device (`teacher_overrides`: its paths, its DPR as label48's teacher).
 
   Each keeps its CPU overrides except the budget (BUDGET_KEYS), replaced by `epochs` at `batch`
   (or `num_train_steps` > 0, for CPU checks), with one checkpoint at the end."""
@@ -106,7 +111,34 @@ def plan_runs(result: dict, sizes: list[float], epochs: int, batch: int, num_tra
   if dpr is None:
     raise SystemExit("scifact.json has no main dpr-flat row")
   runs.insert(1, spec("dpr", dpr))
+  from benchmarks.scifact_teacher import runs as teacher_recipes
+  for tag in teacher_runs:
+    if tag not in teacher_recipes(pathlib.Path("W")):
+      raise SystemExit(f"--teacher_runs: unknown run {tag!r}; choose from {', '.join(teacher_recipes(pathlib.Path('W')))}")
+    runs.append({"mode": "bpr", "cpu_variant": tag, "bytes_per_passage": None, "teacher_run": tag,
+                 "tag": f"gpu-{tag}-{suffix}-b{batch}", "overrides": budget})
   return runs
+
+
+def teacher_overrides(spec: dict, work: pathlib.Path, env: dict, dpr_tag: str) -> list[str]:
+  """A teacher run's recipe overrides for the device's work dir (budget keys left to `spec`), after
+  making what it needs there: MiniLM's export and its mined data (free48; `scifact_teacher.py commands`),
+  or the device's own DPR run as label48's teacher."""
+  from benchmarks import scifact
+  from benchmarks.scifact_teacher import runs as teacher_recipes
+  tag = spec["teacher_run"]
+  beir, env = scifact.prepare_train_data(work)[0], dict(env)
+  teacher, mined = work / "teacher-minilm", work / "teacher_mined_train.json"
+  if tag == "free48":
+    if not (teacher / "bpr.json").exists():
+      scifact.run_command([sys.executable, "-m", "bpr_jax.export",
+                           f"--hf_model={pathlib.Path(env['BPR_SHARED_DIR']) / 'models' / 'all-MiniLM-L6-v2'}",
+                           "--pooling=mean", "--mode=dpr", f"--output={teacher}"], env, work / "teacher-export.log")
+    scifact.run_command([sys.executable, "-m", "bpr_jax.mine_negatives", f"--teacher={teacher}", f"--beir_dir={beir}",
+                         "--split=train", "--similarity=cos", f"--output={mined}"], env, work / "teacher-mine.log")
+  args = teacher_recipes(work, dpr_model=scifact.run_dir(work, "dpr", dpr_tag) / "model")[tag]
+  kept = [a.split("=", 1)[1] for a in args if a.startswith("--override=")]
+  return [o for o in kept if o.split("=", 1)[0] not in BUDGET_KEYS] + spec["overrides"]
 
 
 # ----------------------------------------------------------------------------- pack / unpack
@@ -263,7 +295,7 @@ def run_one(spec: dict, work: pathlib.Path, env: dict, timeout_s: float) -> dict
 
 
 def run(carry: pathlib.Path, scratch: pathlib.Path, out: pathlib.Path, *, sizes, epochs: int, batch: int,
-        num_train_steps: int, deadline_s: float) -> dict:
+        num_train_steps: int, deadline_s: float, teacher_runs: tuple[str, ...] = ()) -> dict:
   """Unpacks, trains and evaluates the planned runs, writing OUT/scifact_device.json after each."""
   from benchmarks import scifact
   start = time.perf_counter()
@@ -272,7 +304,9 @@ def run(carry: pathlib.Path, scratch: pathlib.Path, out: pathlib.Path, *, sizes,
   manifest = unpack(carry, shared)
   work = scratch / "work"
   env = dict(os.environ, BPR_SHARED_DIR=str(shared), JAX_COMPILATION_CACHE_DIR=str(scratch / "jax-cache"))
-  runs = plan_runs(json.loads((RESULTS / "scifact.json").read_text()), sizes, epochs, batch, num_train_steps)
+  from benchmarks.scifact_teacher import describe_row
+  runs = plan_runs(json.loads((RESULTS / "scifact.json").read_text()), sizes, epochs, batch, num_train_steps,
+                   teacher_runs)
   result = {"benchmark": "scifact-device", **common.machine_info(), "epochs": epochs, "batch_size": batch,
             "num_train_steps": num_train_steps, "deadline_s": deadline_s,
             "initial_model": f"all-MiniLM-L6-v2 rounded to float16 (max |error| "
@@ -284,11 +318,15 @@ def run(carry: pathlib.Path, scratch: pathlib.Path, out: pathlib.Path, *, sizes,
     if elapsed + 1.15 * longest > deadline_s:
       result["runs"].append(dict(spec, status="not started: the deadline"))
       continue
+    if spec.get("teacher_run"):
+      dpr_tag = next(r["tag"] for r in runs if r["mode"] == "dpr")
+      spec = dict(spec, overrides=teacher_overrides(spec, work, env, dpr_tag))
     done = run_one(spec, work, env, deadline_s - elapsed)
     longest = max(longest, done["seconds"])
     rows = []
     if done["status"] == "done":
       rows = scifact.finetuned_rows(work, spec["tag"]) + scifact.finetuned_rows(work, spec["tag"], "dev")
+      rows = [describe_row(r) for r in rows]  # teacher, labels, code_bits, nested_bits
       for r in rows:
         r.update(device=result["device_kind"], backend=result["backend"], cpu_variant=spec["cpu_variant"])
     result["runs"].append(dict(spec, **done))
@@ -336,6 +374,8 @@ def main(argv=None) -> None:
   p.add_argument("--epochs", type=int, default=40)
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--num_train_steps", type=int, default=0, help="run: > 0 replaces --epochs (CPU checks)")
+  p.add_argument("--teacher_runs", default="", help="run: issue 24's runs after the others, e.g. "
+                 "nested,label48,free48 (benchmarks/scifact_teacher.py; label48's teacher is the device's DPR)")
   p.add_argument("--deadline_s", type=float, default=480.0, help="run: no run starts or continues after this")
   p.add_argument("--input", default=None, help="collect: the fetched scifact_device.json")
   args = p.parse_args(argv)
@@ -348,7 +388,8 @@ def main(argv=None) -> None:
     print(f"device command (carry=[{rel!r}], timeout_s=560):\n{DEVICE_COMMAND.format(carry=rel)}")
   elif args.action == "run":
     run(carry, pathlib.Path(args.scratch), pathlib.Path(args.out), sizes=[float(s) for s in args.sizes.split(",")],
-        epochs=args.epochs, batch=args.batch, num_train_steps=args.num_train_steps, deadline_s=args.deadline_s)
+        epochs=args.epochs, batch=args.batch, num_train_steps=args.num_train_steps, deadline_s=args.deadline_s,
+        teacher_runs=tuple(t for t in args.teacher_runs.split(",") if t))
   elif args.action == "collect":
     if not args.input:
       p.error("collect needs --input")

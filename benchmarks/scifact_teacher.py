@@ -43,11 +43,12 @@ from bpr_jax import io  # noqa: E402
 BUDGET = ["--override=num_train_steps=200", "--override=model.attention_dropout=0.0"]
 
 
-def runs(work: pathlib.Path) -> dict[str, list[str]]:
-  """tag -> the `scifact.py --stage=finetune` arguments of each run."""
+def runs(work: pathlib.Path, dpr_model: pathlib.Path | None = None) -> dict[str, list[str]]:
+  """tag -> the `scifact.py --stage=finetune` arguments of each run (label48's teacher: `dpr_model`,
+  default the main DPR run's export in `work`)."""
   teacher = work / "teacher-minilm"
   mined = work / "teacher_mined_train.json"
-  dpr = run_dir(work, "dpr") / "model"
+  dpr = dpr_model or run_dir(work, "dpr") / "model"
   return {
       "free48": ["--modes=bpr", *BUDGET, "--override=data.source=dpr_json",
                  f"--override=data.train_path={mined}", f"--override=model.hf_dir={teacher}",

@@ -143,6 +143,28 @@ def test_the_plan_keeps_the_dev_selected_recipes_and_replaces_only_the_budget(de
       "num_train_steps=2", "batch_size=8", "checkpoint_every=100000"]
 
 
+def test_teacher_runs_follow_with_their_recipes_made_on_the_device(dev, monkeypatch, tmp_path):
+  from benchmarks import scifact
+  runs = dev.plan_runs(_result(), [48.0], epochs=40, batch=64, teacher_runs=("nested", "label48", "free48"))
+  assert [(r["mode"], r.get("teacher_run"), r["tag"]) for r in runs] == [
+      ("bpr", None, "gpu-ste-e40-b64"), ("dpr", None, "gpu-main-e40-b64"), ("bpr", "nested", "gpu-nested-e40-b64"),
+      ("bpr", "label48", "gpu-label48-e40-b64"), ("bpr", "free48", "gpu-free48-e40-b64")]
+  with pytest.raises(SystemExit, match="unknown run 'free96'"):
+    dev.plan_runs(_result(), [48.0], epochs=40, batch=64, teacher_runs=("free96",))
+  commands = []
+  monkeypatch.setattr(scifact, "prepare_train_data", lambda work, *a: (work / "scifact-split", {}))
+  monkeypatch.setattr(scifact, "run_command", lambda cmd, env, log: commands.append(cmd) or 1.0)
+  budget = runs[2]["overrides"]
+  nested = dev.teacher_overrides(runs[2], tmp_path, {"BPR_SHARED_DIR": "/s"}, "gpu-main-e40-b64")
+  assert nested == ["model.attention_dropout=0.0", "loss.relaxation=ste", "model.code_bits=768",
+                    "model.code_head_norm=2.5", "loss.nested_bits=128,384,768"] + budget and not commands
+  label = dev.teacher_overrides(runs[3], tmp_path, {"BPR_SHARED_DIR": "/s"}, "gpu-main-e40-b64")
+  assert f"loss.teacher={tmp_path / 'ft-dpr-gpu-main-e40-b64' / 'model'}" in label  # the device's own DPR
+  free = dev.teacher_overrides(runs[4], tmp_path, {"BPR_SHARED_DIR": "/s"}, "gpu-main-e40-b64")
+  assert [c[3].split("=")[0] for c in commands] == ["--hf_model", "--teacher"]  # export, then mining
+  assert f"data.train_path={tmp_path / 'teacher_mined_train.json'}" in free and free[-4:] == budget
+
+
 def test_the_plan_names_a_size_without_a_dev_selection(dev):
   with pytest.raises(SystemExit, match="no BPR row chosen on dev at 16 B"):
     dev.plan_runs(_result(), [48.0, 16.0], epochs=40, batch=64)
