@@ -35,3 +35,14 @@ def test_check_output_rule(tmp_path):
     assert "a: 1 -> 2" in str(e) and "--overwrite" in str(e) and "\n" not in str(e)
   else:
     raise AssertionError("not refused")
+
+
+def test_describe_names_the_nested_field_that_changed():
+  old = {"files": {"questions": {"path": "/q.txt", "sha256": "a" * 64, "bytes": 3},
+                   "passages": {"path": "/p.tsv", "sha256": "b" * 64, "bytes": 9}},
+         "settings": {"top_k": 100, "similarity": "cos"}}
+  new = {"files": {"questions": {"path": "/q2.txt", "sha256": "c" * 64, "bytes": 3},
+                   "passages": {"path": "/p.tsv", "sha256": "b" * 64, "bytes": 9}},
+         "settings": {"top_k": 50, "similarity": "cos"}}
+  text = provenance.describe(old, new)
+  assert text == f"files.questions: /q.txt ({'a' * 12}) -> /q2.txt ({'c' * 12}); settings.top_k: 100 -> 50"
