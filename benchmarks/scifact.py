@@ -34,7 +34,8 @@ Stages (each caches its output in --work_dir, so re-running skips finished work)
               dev (eval-KIND-dev.json, where settings are chosen: select_on_dev marks the chosen
               BPR row per code size "selected_on_dev") and on test (eval-KIND.json, reported).
               It runs the project's commands (configs/scifact.py docstring) for BPR and DPR from
-              MiniLM with the same seed, batch and steps: mine_negatives, main (train, timed),
+              MiniLM with the same seed, batch and steps, from the recipe configs/scifact.py:bpr48
+              (--override and --config.mode on top; every committed run started there): mine_negatives, main (train, timed),
               export, encode --save_float, index (flat; hash for BPR), evaluate --k=10,100
               (DPR also with the float baselines flat_ip/hnsw/lsh/pq). Rows: bpr-flat, bpr-hash,
               bpr-no-rerank, bpr-no-candidates (flat index ablations), dpr-flat (exact inner
@@ -554,7 +555,7 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
       times[name] = seconds
       times_path.write_text(json.dumps(times, indent=2) + "\n")
 
-    step("train", [py, "-m", "bpr_jax.main", "--config=configs/scifact.py", f"--workdir={d / 'train'}",
+    step("train", [py, "-m", "bpr_jax.main", "--config=configs/scifact.py:bpr48", f"--workdir={d / 'train'}",
                    f"--config.mode={mode}", f"--config.data.beir_dir={beir}"]
          + [f"--config.{o}" for o in overrides], d / "train" / "config.json")
     step("export", [py, "-m", "bpr_jax.export", f"--workdir={d / 'train'}", f"--output={d / 'model'}"],

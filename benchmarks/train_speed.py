@@ -33,7 +33,7 @@ One benchmark, four measurements (--what); each prints a table and writes one JS
               Workers live side by side: one that keeps its memory (heap, jemalloc) leaves the others
               less. jemalloc combos are skipped, and said so, where libjemalloc.so.2 is missing.
               Default output: benchmarks/results/train_step_allocators.json.
-  loop        what a SciFact run does: `python -m bpr_jax.main --config=configs/scifact.py` (MiniLM
+  loop        what a SciFact run does: `python -m bpr_jax.main --config=configs/scifact.py:bpr48` (MiniLM
               BPR, the 48 B recipe: STE, batch 16 with 1 BM25 hard negative, questions <= 64 and
               passages <= 256 tokens) on SciFact train minus the seeded dev split (made once in
               --work_dir by benchmarks/scifact.py), a fresh workdir per run, variants alternating
@@ -561,7 +561,7 @@ def run_once(name: str, work: pathlib.Path, beir: pathlib.Path, env: dict, steps
   run = work / "train-loop-cpu" / name
   shutil.rmtree(run, ignore_errors=True)
   run.parent.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, "-m", "bpr_jax.main", "--config=configs/scifact.py", f"--workdir={run}",
+  cmd = [sys.executable, "-m", "bpr_jax.main", "--config=configs/scifact.py:bpr48", f"--workdir={run}",
          f"--config.data.beir_dir={beir}", f"--config.data.token_cache_dir={work / 'token_cache'}",
          f"--config.num_train_steps={steps}", f"--config.checkpoint_every={10 * steps}"]
   cmd += [f"--config.{o}" for o in RECIPE + overrides]

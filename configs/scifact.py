@@ -1,17 +1,21 @@
-"""BPR (or DPR) fine-tuned from all-MiniLM-L6-v2 on BEIR SciFact: named recipes, one per code size.
+"""BPR (or DPR) fine-tuned from all-MiniLM-L6-v2 on BEIR SciFact: named recipes.
 
-`get_config(arg)` picks the recipe (`--config=configs/scifact.py:NAME`); no argument gives `bpr48`:
+`get_config(arg)` picks the recipe (`--config=configs/scifact.py:NAME`); no argument gives `nested`:
 
-  bpr48  48 B a passage (the 384-bit pooled vector): straight-through sign (STE), no code head.
-         Chosen on dev at 200 steps (dev nDCG@10 0.7438; [CLS] pooling 0.7091, gamma 0.1 0.7070,
-         lr 1e-4 0.7394, softmax-CE candidate loss 0.7157, tanh 0.7344).
-  bpr16  16 B (128 bits): STE and a 128-bit code head (dense + LayerNorm), starting norm 2.5: the
-         best 16 B variant on dev (no other way to get 128 bits from MiniLM's 384 dims).
-  bpr96  96 B (768 bits): STE and a 768-bit code head: the best 96 B variant on dev.
-  dpr    the float DPR baseline with the same data, budget and optimiser.
+  nested   one 768-bit code head (dense + LayerNorm, starting norm 2.5), STE, its loss averaged over
+           the 128-, 384- and 768-bit prefixes: 16, 48 and 96 B from one model (`encode
+           --code_bits=N` or `index --code_bits=N`). Chosen on dev at every size (200 steps, dev
+           nDCG@10 16 B 0.6973, 48 B 0.7739, 96 B 0.7665, against the separate recipes below
+           0.6924, 0.7438, 0.7381 and label48 0.7612; test 0.6779, 0.7421, 0.7503).
+  bpr48    48 B a passage (the 384-bit pooled vector): STE, no code head. The best separately
+           trained 48 B recipe on dev at 200 steps (dev nDCG@10 0.7438; [CLS] pooling 0.7091,
+           gamma 0.1 0.7070, lr 1e-4 0.7394, softmax-CE candidate loss 0.7157, tanh 0.7344).
+  bpr16    16 B (128 bits): STE and a 128-bit code head, starting norm 2.5: the best separately
+           trained 16 B variant on dev (no other way to get 128 bits from MiniLM's 384 dims).
+  bpr96    96 B (768 bits): STE and a 768-bit code head: the best separately trained 96 B variant.
+  dpr      the float DPR baseline with the same data, budget and optimiser.
 
-Recipes that learn the codes from a float teacher or give every code size from one model
-(issue 24; runs in benchmarks/scifact_teacher.py, not yet chosen on dev, so not defaults):
+Recipes that learn the codes from a float teacher (issue 24; runs in benchmarks/scifact_teacher.py):
 
   free48   label-free: the teacher ($BPR_SCIFACT_TEACHER, an export of MiniLM as released:
            `python -m bpr_jax.export --hf_model=... --mode=dpr`) is also the starting point; the
@@ -19,17 +23,18 @@ Recipes that learn the codes from a float teacher or give every code size from o
            ($BPR_SCIFACT_TEACHER_NEGATIVES: `python -m bpr_jax.mine_negatives --teacher=...
            --similarity=cos`); loss = distillation of the teacher's cosines into the student's
            cosines of its rerank and candidate scores (both at temperature 0.05, MiniLM's training
-           scale); 48 B.
+           scale); 48 B. `python -m bpr_jax.binarize` runs this recipe (configs/binarize.py) for
+           any teacher and corpus.
   label48  bpr48 plus distillation (weight 1) from a fine-tuned float teacher ($BPR_SCIFACT_TEACHER,
-           e.g. the `dpr` recipe's export).
-  nested   one 768-bit code head trained on its 128-, 384- and 768-bit prefixes (16, 48 and 96 B from
-           one model: `encode --code_bits=128|384|768`).
+           e.g. the `dpr` recipe's export). At 200 steps from the 200-step DPR: dev nDCG@10 0.7612
+           (above bpr48's 0.7438) but test 0.6983 (bpr48 0.7082, DPR float 0.7287).
 
 Every recipe: batch 16 questions (first positive + 1 BM25 hard negative each), question length
 64, passage length 256, mean pooling (as MiniLM was trained), AdamW lr 3e-5 with 10% warm-up,
 gamma 1 (beta = sqrt(step + 1)), dropout 0.1 with attention-probability dropout 0, 400 steps
 (8 epochs of the benchmark's 709-query train split). Measured on SciFact test (nDCG@10 at 400
-steps; benchmarks/README.md): bpr16 0.7030, bpr48 0.7299, bpr96 0.7703, dpr 0.7428.
+steps; benchmarks/README.md): bpr16 0.7030, bpr48 0.7299, bpr96 0.7703, dpr 0.7428 (nested,
+free48 and label48 are measured at 200 steps only).
 
 Paths come from the environment: $BPR_SHARED_DIR (default `shared/` beside the repository root)
 holds models/all-MiniLM-L6-v2 and data/scifact; $BPR_SCIFACT_HARD_NEGATIVES is the hard-negative
@@ -41,15 +46,16 @@ Commands (from the repository root; outputs under /tmp are examples):
   # 1. mine BM25 hard negatives for the train queries (seconds)
   python -m bpr_jax.mine_negatives --beir_dir=$BPR_SHARED_DIR/data/scifact --split=train \
       --output=$BPR_SCIFACT_HARD_NEGATIVES
-  # 2. train (about 45 minutes on 2 CPU cores)
-  python -m bpr_jax.main --config=configs/scifact.py:bpr48 --workdir=/tmp/bpr-scifact/bpr
+  # 2. train (about 45 minutes on 2 CPU cores): the nested recipe
+  python -m bpr_jax.main --config=configs/scifact.py --workdir=/tmp/bpr-scifact/bpr
   # 3. export the encoders
   python -m bpr_jax.export --workdir=/tmp/bpr-scifact/bpr --output=/tmp/bpr-scifact/bpr-model
-  # 4. encode the corpus into binary codes (--save_float keeps float vectors for baselines)
+  # 4. encode the corpus into binary codes (768 bits; --save_float keeps float vectors for baselines)
   python -m bpr_jax.encode --model=/tmp/bpr-scifact/bpr-model \
       --passages=$BPR_SHARED_DIR/data/scifact/corpus.jsonl --output=/tmp/bpr-scifact/bpr-codes
-  # 5. index (flat = exact Hamming)
-  python -m bpr_jax.index --codes=/tmp/bpr-scifact/bpr-codes --kind=flat --output=/tmp/bpr-scifact/bpr-flat
+  # 5. index (flat = exact Hamming) at 48 B: the codes' first 384 bits (128: 16 B; none: 96 B)
+  python -m bpr_jax.index --codes=/tmp/bpr-scifact/bpr-codes --kind=flat --code_bits=384 \
+      --output=/tmp/bpr-scifact/bpr-flat
   # 6. evaluate on the test qrels (nDCG@10, Recall@100, bytes, ms/query)
   python -m bpr_jax.evaluate --model=/tmp/bpr-scifact/bpr-model --index=/tmp/bpr-scifact/bpr-flat \
       --passages=$BPR_SHARED_DIR/data/scifact/corpus.jsonl --beir_dir=$BPR_SHARED_DIR/data/scifact \
@@ -85,11 +91,11 @@ RECIPES = {
     "label48": ("48 B: bpr48 plus distillation from a fine-tuned float teacher",
                 {"mode": "bpr", "loss.relaxation": "ste", "loss.teacher": "$BPR_SCIFACT_TEACHER",
                  "loss.distill_weight": 1.0}),
-    "nested": ("16, 48 and 96 B from one 768-bit code head trained on its prefixes",
+    "nested": ("16, 48 and 96 B from one 768-bit code head trained on its prefixes (chosen on dev at every size)",
                {"mode": "bpr", "loss.relaxation": "ste", "model.code_bits": 768, "model.code_head_norm": 2.5,
                 "loss.nested_bits": "128,384,768"}),
 }
-DEFAULT_RECIPE = "bpr48"
+DEFAULT_RECIPE = "nested"
 
 
 def shared_dir() -> str:

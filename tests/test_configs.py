@@ -133,10 +133,11 @@ def test_scifact_named_recipes_validate(recipe, monkeypatch, tmp_path):
   assert c.model.attention_dropout == 0.0 and c.num_train_steps == 400
 
 
-def test_scifact_default_recipe_is_bpr48_and_unknown_is_refused(monkeypatch, tmp_path):
+def test_scifact_default_recipe_is_nested_and_unknown_is_refused(monkeypatch, tmp_path):
+  """The default is the recipe chosen on dev (at every code size: the nested model)."""
   monkeypatch.setenv("BPR_SHARED_DIR", str(tmp_path / "sh"))
   module = importlib.import_module("configs.scifact")
-  assert module.get_config().to_dict() == module.get_config("bpr48").to_dict()
+  assert module.get_config().to_dict() == module.get_config("nested").to_dict()
   with pytest.raises(ValueError, match="unknown recipe 'bpr47'.*bpr16"):
     module.get_config("bpr47")
 
