@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO  # noqa: E402
 
 SERIES = (  # memory_table key, label, matplotlib style
-    ("bpr", "BPR (learned codes, chosen on dev)", dict(color="C3", marker="o", lw=2)),
+    ("bpr", "BPR, one model a size (chosen on dev)", dict(color="C3", marker="o", lw=2)),
     ("dpr-pq", "DPR + PQ (equal bytes)", dict(color="C0", marker="s")),
     ("dpr-lsh", "DPR + LSH (equal bits)", dict(color="C2", marker="^")),
     ("dpr-sign", "DPR sign codes, two-stage", dict(color="C1", marker="D", ls="none")),
@@ -40,7 +40,7 @@ POST_HOC = (
 )
 # learned from a teacher / nested: group, label, style (groups: `teacher_group`)
 LEARNED = (
-    ("nested", "nested BPR (one model, every size)", dict(color="C5", marker="o", ls="-.", mfc="white")),
+    ("nested", "nested BPR (one model, every size)", dict(color="C5", marker="o", ls="-", lw=2)),
     ("free", "distilled from MiniLM, no labels", dict(color="C6", marker="*", ls="none", ms=11)),
     ("label", "BPR + distilled from DPR float", dict(color="C7", marker="h", ls="none", ms=9)),
 )
