@@ -562,38 +562,27 @@ def stage_finetune(work: pathlib.Path, modes, overrides: list[str], tag: str = "
          d / "model" / "bpr.json")
     step("encode", [py, "-m", "bpr_jax.encode", f"--model={d / 'model'}", f"--passages={corpus}",
                     f"--output={d / 'codes'}", "--save_float", "--batch_size=32"], d / "codes" / "manifest.json")
-    kinds = ("flat", "hash") if mode == "bpr" else ("flat",)
-    for kind in kinds:
-      step(f"index-{kind}", [py, "-m", "bpr_jax.index", f"--codes={d / 'codes'}", f"--kind={kind}",
-                             f"--output={d / f'index-{kind}'}"], d / f"index-{kind}" / "meta.json")
-      baselines = "flat_ip,hnsw,lsh,pq" if mode == "dpr" else ""
-      # DPR's post-hoc codes at every size of the memory table (the index gives 384 bits)
-      sizes = ",".join(str(b) for b in CODE_SIZES_BITS) if mode == "dpr" else ""
-      for split, suffix in (("dev", "-dev"), ("test", "")):
-        out = d / f"eval-{kind}{suffix}.json"
-        step(f"evaluate-{kind}{suffix}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}",
-                                          f"--index={d / f'index-{kind}'}", f"--passages={corpus}",
-                                          f"--beir_dir={beir}", f"--split={split}", "--k=10,100",
-                                          f"--baselines={baselines}", f"--baseline_bits={sizes}",
-                                          f"--embeddings={d / 'codes'}",
-                                          "--num_single=50", f"--output={out}"], out)
-    if mode == "bpr":
+    # index name -> (index flags, evaluate flags)
+    codes = f"--embeddings={d / 'codes'}"
+    if mode == "dpr":  # float baselines, and DPR's post-hoc codes at every size of the memory table
+      sizes = ",".join(str(b) for b in CODE_SIZES_BITS)
+      indexes = {"flat": (["--kind=flat"], ["--baselines=flat_ip,hnsw,lsh,pq", f"--baseline_bits={sizes}", codes])}
+    else:
+      indexes = {kind: ([f"--kind={kind}"], ["--baselines=", "--baseline_bits=", codes]) for kind in ("flat", "hash")}
       # nested codes: the one encode output indexed and evaluated at each shorter recorded size
       whole = json.loads((d / "model" / "bpr.json").read_text())["code_bits"]
       for bits in nested_sizes(overrides):
-        if bits == whole:
-          continue
-        name = f"flat-{bits}bit"
-        step(f"index-{name}", [py, "-m", "bpr_jax.index", f"--codes={d / 'codes'}", "--kind=flat",
-                               f"--code_bits={bits}", f"--output={d / f'index-{name}'}"],
-             d / f"index-{name}" / "meta.json")
-        for split, suffix in (("dev", "-dev"), ("test", "")):
-          out = d / f"eval-{name}{suffix}.json"
-          step(f"evaluate-{name}{suffix}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}",
-                                            f"--index={d / f'index-{name}'}", f"--passages={corpus}",
-                                            f"--beir_dir={beir}", f"--split={split}", "--k=10,100",
-                                            "--baselines=", "--baseline_bits=", "--num_single=50",
-                                            f"--output={out}"], out)
+        if bits != whole:
+          indexes[f"flat-{bits}bit"] = (["--kind=flat", f"--code_bits={bits}"], ["--baselines=", "--baseline_bits="])
+    for name, (index_flags, eval_flags) in indexes.items():
+      index = d / f"index-{name}"
+      step(f"index-{name}", [py, "-m", "bpr_jax.index", f"--codes={d / 'codes'}", *index_flags, f"--output={index}"],
+           index / "meta.json")
+      for split, suffix in (("dev", "-dev"), ("test", "")):
+        out = d / f"eval-{name}{suffix}.json"
+        step(f"evaluate-{name}{suffix}", [py, "-m", "bpr_jax.evaluate", f"--model={d / 'model'}", f"--index={index}",
+                                          f"--passages={corpus}", f"--beir_dir={beir}", f"--split={split}",
+                                          "--k=10,100", *eval_flags, "--num_single=50", f"--output={out}"], out)
 
 
 def nested_sizes(overrides: list[str]) -> list[int]:

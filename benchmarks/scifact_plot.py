@@ -23,6 +23,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO  # noqa: E402
+from benchmarks.scifact_rows import chosen_by_group  # noqa: E402
 
 SERIES = (  # memory_table key, label, matplotlib style
     ("bpr", "BPR, one model a size (chosen on dev)", dict(color="C3", marker="o", lw=2)),
@@ -38,7 +39,7 @@ POST_HOC = (
     ("minilm-pq", "MiniLM + PQ (post-hoc)", dict(color="C9", marker="P", ls="none")),
     ("minilm-lsh", "MiniLM + LSH (post-hoc)", dict(color="C8", marker="x", ls="none")),
 )
-# learned from a teacher / nested: group, label, style (groups: `teacher_group`)
+# learned from a teacher / nested: group (scifact_rows.teacher_group), label, style
 LEARNED = (
     ("nested", "nested BPR (one model, every size)", dict(color="C5", marker="o", ls="-", lw=2)),
     ("free", "distilled from MiniLM, no labels", dict(color="C6", marker="*", ls="none", ms=11)),
@@ -46,32 +47,12 @@ LEARNED = (
 )
 
 
-def teacher_group(row: dict) -> str | None:
-  """'nested', 'free' (label-free distillation), 'label' (labels + a teacher) or None, from the
-  fields benchmarks/scifact_teacher.py adds to a fine-tuned row."""
-  if row.get("nested_bits"):
-    return "nested"
-  if row.get("teacher"):
-    return "label" if row.get("labels") else "free"
-  return None
-
-
 def teacher_series(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
-  """group -> [(bytes per passage, test nDCG@10)] of its two-stage (bpr-flat) runs, at each size
-  the run whose dev nDCG@10 is best (test never takes part in the choice)."""
-  best: dict[tuple[str, float], dict] = {}
-  for r in rows:
-    group = teacher_group(r)
-    if group and r["name"] == "bpr-flat" and r.get("split") == "dev":
-      key = (group, r["bytes_per_passage"])
-      if key not in best or r["ndcg@10"] > best[key]["ndcg@10"]:
-        best[key] = r
+  """group -> [(bytes per passage, test nDCG@10)] of its runs chosen on dev at each size
+  (`scifact_rows.chosen_by_group`)."""
   out: dict[str, list[tuple[float, float]]] = {}
-  for (group, size), dev in sorted(best.items(), key=lambda kv: kv[0][1]):
-    test = next((r for r in rows if r["name"] == "bpr-flat" and r.get("split") == "test"
-                 and r.get("variant") == dev.get("variant") and r["bytes_per_passage"] == size), None)
-    if test is not None:
-      out.setdefault(group, []).append((size, test["ndcg@10"]))
+  for (group, size), (_, test) in sorted(chosen_by_group(rows).items(), key=lambda kv: kv[0][1]):
+    out.setdefault(group, []).append((size, test["ndcg@10"]))
   return out
 
 

@@ -100,3 +100,33 @@ def select_on_dev(rows: list[dict], name: str = "bpr-flat", train_steps: int | N
     if r["name"] == name and r.get("split") == "test":
       r["selected_on_dev"] = (r["bytes_per_passage"], r.get("variant", "")) in chosen
   return rows
+
+
+def teacher_group(row: dict) -> str | None:
+  """'nested', 'free' (label-free distillation), 'label' (labels + a teacher) or None, from the
+  fields benchmarks/scifact_teacher.py adds to a fine-tuned row."""
+  if row.get("nested_bits"):
+    return "nested"
+  if row.get("teacher"):
+    return "label" if row.get("labels") else "free"
+  return None
+
+
+def chosen_by_group(rows: list[dict]) -> dict[tuple[str, float], tuple[dict, dict]]:
+  """(group, bytes per passage) -> (dev row, test row) of the group's two-stage (bpr-flat) run whose
+  dev nDCG@10 is best at that size (test never takes part in the choice; runs without a test row
+  are left out)."""
+  best: dict[tuple[str, float], dict] = {}
+  for r in rows:
+    group = teacher_group(r)
+    if group and r["name"] == "bpr-flat" and r.get("split") == "dev":
+      key = (group, r["bytes_per_passage"])
+      if key not in best or r["ndcg@10"] > best[key]["ndcg@10"]:
+        best[key] = r
+  out = {}
+  for (group, size), dev in best.items():
+    test = next((r for r in rows if r["name"] == "bpr-flat" and r.get("split") == "test"
+                 and r.get("variant") == dev.get("variant") and r["bytes_per_passage"] == size), None)
+    if test is not None:
+      out[(group, size)] = (dev, test)
+  return out

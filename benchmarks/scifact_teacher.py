@@ -31,13 +31,12 @@ Runs (all at the main table's budget: 200 steps, batch 16, attention dropout 0):
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO  # noqa: E402
-from benchmarks.scifact_rows import finetuned_rows, run_dir  # noqa: E402
+from benchmarks.scifact_rows import chosen_by_group, finetuned_rows, run_dir, teacher_group  # noqa: E402
 from bpr_jax import io  # noqa: E402
 
 BUDGET = ["--override=num_train_steps=200", "--override=model.attention_dropout=0.0"]
@@ -110,22 +109,11 @@ def _find(rows: list[dict], name: str, split: str = "test", variant: str = "", s
   return None
 
 
-def _chosen(rows: list[dict], group: str, size: float) -> tuple[dict, dict] | None:
-  """(dev row, test row) of the `group` run (scifact_plot.teacher_group) best on dev at `size`."""
-  from benchmarks.scifact_plot import teacher_group
-  dev = [r for r in rows if r["name"] == "bpr-flat" and r.get("split") == "dev" and teacher_group(r) == group
-         and r["bytes_per_passage"] == size]
-  if not dev:
-    return None
-  best = max(dev, key=lambda r: r["ndcg@10"])
-  test = _find(rows, "bpr-flat", "test", best.get("variant", ""), size)
-  return (best, test) if test else None
-
-
 def check_targets(rows: list[dict]) -> list[dict]:
   """The issue's targets (test nDCG@10; runs chosen on dev) against the rows: one dict per target
   with the measured value, the bar, `met` (None when the run is missing) and the run used."""
   out = []
+  chosen_runs = chosen_by_group(rows)  # (group, size) -> (dev row, test row)
 
   def add(target, run, value, bar, dev_value=None, dev_bar=None, strict=False):
     met = None if value is None or bar is None else (value > bar if strict else value >= bar - 1e-9)
@@ -137,17 +125,17 @@ def check_targets(rows: list[dict]) -> list[dict]:
   teacher = _find(rows, "minilm-float")
   t = teacher["ndcg@10"] if teacher else None
   for size, share in ((48.0, 0.99), (16.0, 0.95), (96.0, 1.0)):
-    chosen = _chosen(rows, "free", size)
+    chosen = chosen_runs.get(("free", size))
     add(f"label-free {size:g} B >= {share:.0%} of the teacher's float", chosen[1]["variant"] if chosen else None,
         chosen[1]["ndcg@10"] if chosen else None, round(share * t, 4) if t else None,
         chosen[0]["ndcg@10"] if chosen else None)
   dpr, dpr_dev = _find(rows, "dpr-flat"), _find(rows, "dpr-flat", "dev")
-  chosen = _chosen(rows, "label", 48.0)
+  chosen = chosen_runs.get(("label", 48.0))
   add("with labels 48 B within 1 point of DPR float (test and dev)", chosen[1]["variant"] if chosen else None,
       chosen[1]["ndcg@10"] if chosen else None, round(dpr["ndcg@10"] - 0.01, 4) if dpr else None,
       chosen[0]["ndcg@10"] if chosen else None, round(dpr_dev["ndcg@10"] - 0.01, 4) if dpr_dev else None)
   for size, variant in SEPARATE.items():
-    chosen = _chosen(rows, "nested", size)
+    chosen = chosen_runs.get(("nested", size))
     separate, pq = _find(rows, "bpr-flat", "test", variant, size), _find(rows, DPR_PQ[size])
     value, dev = (chosen[1]["ndcg@10"], chosen[0]["ndcg@10"]) if chosen else (None, None)
     run = chosen[1]["variant"] if chosen else None
@@ -177,7 +165,6 @@ def collect(work: pathlib.Path, tags: list[str], results: pathlib.Path) -> list[
   data["rows"] = [r if "nested_bits" in r else describe_row(r) for r in kept] + new
   data["teacher_targets"] = targets = check_targets(data["rows"])
   io.atomic_write_json(path, data)
-  from benchmarks.scifact_plot import teacher_group
   shown = [r for r in data["rows"] if r["name"] == "bpr-flat" and teacher_group(r)]
   lines = ["# SciFact: codes learned from a float teacher, and nested codes", "",
            "Collected by `python benchmarks/scifact_teacher.py collect` from runs of `benchmarks/scifact.py "

@@ -17,14 +17,16 @@ and the student is exported, encodes the corpus into binary codes and they are i
 exact Hamming). OUT holds each step's output, each recording what it was made from::
 
   mined.json (+ mined.json.inputs.json)   the teacher's training data
-  train/                                  the training workdir (checkpoints, metrics.jsonl)
+  train/                                  the training workdir (checkpoints, metrics.jsonl;
+                                          binarize.json: the mined data it was trained on)
   model/                                  the exported student (bpr.json)
   codes/                                  uint8 codes of the corpus (encode)
   index/                                  the binary index (serve and evaluate take it)
 
 Run again, finished steps are reused and an interrupted one resumes (training from its last
 checkpoint); a step whose inputs changed (another teacher, corpus, questions or setting) is refused
-in one line naming what changed, unless ``--overwrite``. The student's pooling and lengths are the
+in one line naming what changed, unless ``--overwrite``, which redoes it and every step after it
+(training starts again when the data were mined again or its settings changed). The student's pooling and lengths are the
 teacher's (its bpr.json) unless given with --config. Bad input (no teacher export, an unreadable
 corpus, an empty questions file, a config field that does not exist) is refused before any step.
 """
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
+import shutil
 import sys
 import time
 from typing import Sequence
@@ -43,6 +45,7 @@ from ml_collections import config_flags
 _CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "binarize.py"
 
 FLAGS = flags.FLAGS
+TRAINED_ON = "binarize.json"  # in OUT/train: the inputs record of the mined data it trains on
 
 
 def define_flags() -> None:
@@ -67,12 +70,6 @@ def define_flags() -> None:
       "config", None, f"The student's training recipe (default {_CONFIG_FILE.parent.name}/{_CONFIG_FILE.name}); "
       "override a field with --config.FIELD=VALUE.", lock_config=False))
   flags.mark_flags_as_required(["teacher", "output"])
-
-
-def _overridden(argv: Sequence[str]) -> set[str]:
-  """The FIELDs given as --config.FIELD=VALUE on the command line."""
-  pattern = re.compile(r"^--?(?:no)?config\.([^=]+)")
-  return {m.group(1) for m in map(pattern.match, argv) if m}
 
 
 def student_config(config, teacher: str, mined: str, given: set[str]):
@@ -121,28 +118,57 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.questions and not any(line.strip() for line in open(FLAGS.questions, encoding="utf-8")):
     raise CommandError(f"--questions={FLAGS.questions}: no questions in the file")
   scan_passages(passages)  # FILE:LINE: fault, before the teacher encodes anything
+  if FLAGS.top_k < 1 + FLAGS.num_hard_negatives:
+    raise CommandError(f"--top_k {FLAGS.top_k} is below 1 + --num_hard_negatives {FLAGS.num_hard_negatives}")
+  from bpr_jax.config_errors import overridden_fields  # pylint: disable=import-outside-toplevel
   mined = str(out / "mined.json")
-  config = student_config(FLAGS.config, FLAGS.teacher, mined, _overridden(sys.argv))
+  config = student_config(FLAGS.config, FLAGS.teacher, mined, set(overridden_fields(sys.argv, "config")))
 
   settings = {"num_hard_negatives": FLAGS.num_hard_negatives, "top_k": FLAGS.top_k, "skip_ranks": 0,
               "similarity": config.loss.distill_similarity}
   inputs = mine_negatives.mining_inputs(beir_dir=FLAGS.beir_dir, split=FLAGS.split,
                                         passages=FLAGS.passages, questions=FLAGS.questions,
                                         teacher=FLAGS.teacher, settings=settings)
-  out.mkdir(parents=True, exist_ok=True)
-  if mine_negatives.check_mined(mined, inputs, FLAGS.overwrite) == "reuse":
+  mined_action = mine_negatives.check_mined(mined, inputs, FLAGS.overwrite)
+  if mined_action == "reuse":
     _log(f"1/5 mine: {mined} already mined from the same inputs; reused")
   else:
-    _log(f"1/5 mine: the teacher ranks {passages} for each question")
-    records, stats = mine_negatives.mine_teacher(
-        FLAGS.teacher, beir_dir=FLAGS.beir_dir, split=FLAGS.split, questions_path=FLAGS.questions,
-        passages_path=FLAGS.passages, top_k=FLAGS.top_k, num_hard_negatives=FLAGS.num_hard_negatives,
-        similarity=settings["similarity"])
-    mine_negatives.write_mined(mined, records, inputs)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+      _log(f"1/5 mine: the teacher ranks {passages} for each question")
+      records, stats = mine_negatives.mine_teacher(
+          FLAGS.teacher, beir_dir=FLAGS.beir_dir, split=FLAGS.split, questions_path=FLAGS.questions,
+          passages_path=FLAGS.passages, top_k=FLAGS.top_k, num_hard_negatives=FLAGS.num_hard_negatives,
+          similarity=settings["similarity"])
+      mine_negatives.write_mined(mined, records, inputs)
+    except BaseException:
+      if created and not any(out.iterdir()):
+        out.rmdir()  # nothing left behind by a run that made nothing
+      raise
     _log(f"1/5 mine: {stats.num_written} questions in {stats.seconds:.0f}s -> {mined}")
 
-  from bpr_jax import train  # pylint: disable=import-outside-toplevel
+  from bpr_jax import io, provenance, run_config, train  # pylint: disable=import-outside-toplevel
   workdir = out / "train"
+  record, step = workdir / TRAINED_ON, None
+  if workdir.exists():
+    # a run with other settings, or trained on other mined data (TRAINED_ON), is not resumed
+    try:
+      step, refused = run_config.check_resume(config, str(workdir)), None
+    except run_config.TrainingError as e:
+      step, refused = None, str(e).rstrip(".")
+    if step is not None and not refused:
+      trained_on = io.read_json(record).get("mined") if record.is_file() else None
+      if provenance.changed(trained_on, inputs):
+        refused = f"{workdir} was trained on other data ({provenance.describe(trained_on, inputs)})"
+    if refused:
+      if not FLAGS.overwrite:
+        raise CommandError(f"{refused}; pass --overwrite to train again, or choose another --output")
+      _log(f"2/5 train: {refused}; starting again (--overwrite)")
+      shutil.rmtree(workdir)
+  if step is None or not record.is_file():  # a new run: record what it trains on
+    workdir.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_json(record, {"mined": inputs})
   _log(f"2/5 train: {workdir} (resumes from its last checkpoint)")
   train.train_and_evaluate(config, str(workdir))
 

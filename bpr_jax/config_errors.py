@@ -18,7 +18,7 @@ from absl import flags
 
 from bpr_jax import cli
 
-def _overrides(argv: Sequence[str], name: str) -> list[str]:
+def overridden_fields(argv: Sequence[str], name: str = "config") -> list[str]:
   """The FIELD of each --NAME.FIELD[=VALUE] / --noNAME.FIELD in `argv`, in order."""
   pattern = re.compile(rf"^--?(?:no)?{re.escape(name)}\.([^=]+)")
   return [m.group(1) for m in map(pattern.match, argv) if m]
@@ -91,7 +91,7 @@ def one_line_config_errors(holder: flags.FlagHolder) -> None:
     except flags.Error:
       raise
     except Exception as error:  # pylint: disable=broad-except
-      fields = _overrides(sys.argv, holder.name)
+      fields = overridden_fields(sys.argv, holder.name)
       message = None
       if isinstance(error, (KeyError, AttributeError)) and fields:
         try:

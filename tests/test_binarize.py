@@ -79,7 +79,31 @@ def test_changed_questions_are_refused_in_one_line(done, tmp_path):
   assert len(json.loads((root / "out" / "mined.json").read_text())) == 24  # untouched
 
 
-@pytest.mark.parametrize("case", ["empty_questions", "not_an_export", "bad_field", "no_corpus"])
+def test_overwrite_with_other_questions_redoes_every_step(done, tmp_path):
+  """--overwrite mines again, and the student is trained again from the teacher on the new data
+  (the old checkpoints are not resumed), so nothing downstream is stale."""
+  out = done["root"] / "out"  # the last test of this module to use it
+  (tmp_path / "q2.txt").write_text("\n".join(f"question number {i} about songs" for i in range(10)) + "\n")
+  old_index = json.loads((out / "index" / "meta.json").read_text())
+  args = [f"--teacher={done['teacher']}", f"--passages={done['paths']['passages']}", f"--questions={tmp_path / 'q2.txt'}",
+          f"--output={out}", *FAST]
+  # the training run of the old data is refused on its own as well (mined.json removed by hand)
+  (out / "mined.json").unlink()
+  (out / "mined.json.inputs.json").unlink()
+  proc = _binarize(*args)
+  assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-3000:]
+  assert "was trained on other data (files.questions:" in proc.stderr
+  proc = _binarize(*args, "--overwrite")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "starting again (--overwrite)" in proc.stdout
+  assert len(json.loads((out / "mined.json").read_text())) == 10
+  config = json.loads((out / "train" / "config.json").read_text())
+  assert config["data"]["train_path"] == str(out / "mined.json")
+  new_index = json.loads((out / "index" / "meta.json").read_text())
+  assert new_index["inputs"]["codes"] != old_index["inputs"]["codes"]  # new model, new codes
+
+
+@pytest.mark.parametrize("case", ["empty_questions", "not_an_export", "bad_field", "no_corpus", "top_k"])
 def test_bad_input_is_refused_before_any_work(done, tmp_path, case):
   paths = done["paths"]
   (tmp_path / "q.txt").write_text("a question\n")
@@ -92,6 +116,8 @@ def test_bad_input_is_refused_before_any_work(done, tmp_path, case):
     args["teacher"], words = paths["vocab_dir"], "bpr.json"
   elif case == "bad_field":
     extra, words = ["--config.loss.distill_temprature=1"], "distill_temprature"
+  elif case == "top_k":
+    extra, words = ["--top_k=5", "--num_hard_negatives=30"], "--top_k 5"
   else:
     args["passages"], words = tmp_path / "missing.jsonl", "missing.jsonl"
   proc = _binarize(*(f"--{k}={v}" for k, v in args.items()), f"--output={tmp_path / 'out'}", *extra)
